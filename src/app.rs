@@ -74,6 +74,8 @@ impl App {
             db: self.db.clone(),
             storage: self.storage.clone(),
             max_upload_bytes: self.config.max_upload_bytes,
+            upload_idle_timeout: self.config.upload_idle_timeout,
+            api_keys: self.config.api_keys.clone(),
         })
     }
 
@@ -113,12 +115,68 @@ impl App {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { app.work(shutdown).await })
         });
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        serve_http(
+            listener,
+            self.router(),
+            self.config.header_timeout,
+            shutdown.clone(),
+        )
+        .await;
         if let Some(work) = work {
             let _ = work.await;
         }
         Ok(())
+    }
+}
+
+/// Accepts connections until `shutdown`, then lets requests in flight finish
+/// (for at most 30 s). Clients must send their headers within `header_timeout`.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("requests still running after 30 s; closing them");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use lettre::message::Mailbox;
 
+use crate::auth::ApiKeys;
 use crate::notify::channels::{ChannelsConfig, EmailConfig, SmsConfig, WebhookConfig};
 use crate::notify::dispatch::DispatchConfig;
 use crate::notify::Outbox;
@@ -35,6 +36,23 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub worker: WorkerConfig,
     pub notify: NotifyConfig,
+    pub api_keys: ApiKeys,
+    /// Serve without keys on a non-loopback address (`TALLY_ALLOW_OPEN=true`).
+    pub allow_open: bool,
+    /// A client must send its request headers within this time (slow-client defence).
+    pub header_timeout: Duration,
+    /// An upload that sends nothing for this long is abandoned.
+    pub upload_idle_timeout: Duration,
+}
+
+/// Whether the API asks for keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Keys,
+    /// No keys and bound to loopback: only this machine can reach it.
+    OpenOnLoopback,
+    /// No keys on a reachable address, because TALLY_ALLOW_OPEN=true said so.
+    OpenByChoice,
 }
 
 /// Where and how finished files are announced. Holds secrets: never log it.
@@ -151,7 +169,27 @@ impl Config {
             true
         })?;
         let notify = notify_config(&get, bind)?;
+        let keys_raw = get("TALLY_API_KEY_HASHES").unwrap_or("");
+        let api_keys = ApiKeys::parse(keys_raw).map_err(|reason| ConfigError {
+            name: "TALLY_API_KEY_HASHES",
+            value: "(hidden)".into(),
+            reason,
+        })?;
         Ok(Self {
+            api_keys,
+            allow_open: parse(&get, "TALLY_ALLOW_OPEN", false, |_| true)?,
+            header_timeout: Duration::from_secs(parse(
+                &get,
+                "REQUEST_HEADER_TIMEOUT_SECONDS",
+                10,
+                |n| *n >= 1,
+            )?),
+            upload_idle_timeout: Duration::from_secs(parse(
+                &get,
+                "UPLOAD_IDLE_TIMEOUT_SECONDS",
+                30,
+                |n| *n >= 1,
+            )?),
             notify,
             database_url,
             database_max_connections: parse(&get, "DATABASE_MAX_CONNECTIONS", 10, |n| *n >= 2)?,
@@ -176,6 +214,32 @@ impl Config {
                 *n > 0
             })?,
             worker,
+        })
+    }
+}
+
+impl Config {
+    /// Decides whether the API may run as configured: without keys only on loopback,
+    /// unless explicitly allowed.
+    pub fn access(&self) -> Result<Access, ConfigError> {
+        if !self.api_keys.is_empty() {
+            return Ok(Access::Keys);
+        }
+        if self.bind.ip().is_loopback() {
+            return Ok(Access::OpenOnLoopback);
+        }
+        if self.allow_open {
+            return Ok(Access::OpenByChoice);
+        }
+        Err(ConfigError {
+            name: "TALLY_API_KEY_HASHES",
+            value: String::new(),
+            reason: format!(
+                "no API key is configured and TALLY_BIND={} is reachable from other machines; \
+                 create a key with `tally key new` and set its hash here, \
+                 or set TALLY_ALLOW_OPEN=true to serve without keys",
+                self.bind
+            ),
         })
     }
 }
@@ -340,6 +404,28 @@ mod tests {
         assert_eq!(c.notify.outbox.timezone, Tz::Europe__Berlin);
         let err = Config::from_vars(&vars(&[("NOTIFY_TIMEZONE", "Mars/Olympus")])).unwrap_err();
         assert_eq!(err.name, "NOTIFY_TIMEZONE");
+    }
+
+    #[test]
+    fn open_access_only_on_loopback_unless_allowed() {
+        let c = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(c.access().unwrap(), Access::OpenOnLoopback);
+        let c = Config::from_vars(&vars(&[("TALLY_BIND", "0.0.0.0:8080")])).unwrap();
+        let err = c.access().unwrap_err();
+        assert!(err.to_string().contains("tally key new"), "{err}");
+        let c = Config::from_vars(&vars(&[
+            ("TALLY_BIND", "0.0.0.0:8080"),
+            ("TALLY_ALLOW_OPEN", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.access().unwrap(), Access::OpenByChoice);
+        let (_, hash) = crate::auth::new_key();
+        let c = Config::from_vars(&vars(&[
+            ("TALLY_BIND", "0.0.0.0:8080"),
+            ("TALLY_API_KEY_HASHES", &hash),
+        ]))
+        .unwrap();
+        assert_eq!(c.access().unwrap(), Access::Keys);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod metrics;
 pub mod notify;
 pub mod storage;
 pub mod upload;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use tally::app::{self, App};
-use tally::config::Config;
+use tally::config::{Access, Config};
 use tally::engine::{self, Dialect};
 use tally::upload::ReadOptions;
 
@@ -47,6 +47,11 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Write a CSV file of random transactions and print its expected result.
     Gen {
         #[arg(long)]
@@ -56,6 +61,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a fresh random key and the SHA-256 hash to put in TALLY_API_KEY_HASHES.
+    New,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +79,14 @@ fn main() -> anyhow::Result<()> {
             delimiter,
             decimal_separator,
         } => sum(file, json, threads, delimiter, decimal_separator),
+        Command::Key {
+            command: KeyCommand::New,
+        } => {
+            let (key, hash) = tally::auth::new_key();
+            println!("key:  {key}\nhash: {hash}");
+            println!("Give the key to the client; add the hash to TALLY_API_KEY_HASHES (comma-separated).");
+            Ok(())
+        }
         Command::Openapi => {
             println!("{}", tally::api::openapi().to_pretty_json()?);
             Ok(())
@@ -134,6 +153,10 @@ fn sum(
 async fn run(command: Command) -> anyhow::Result<()> {
     init_logging();
     let config = Config::from_env()?;
+    if let Command::Serve { .. } = command {
+        // Refuse an open API on a reachable address before touching anything.
+        config.access()?;
+    }
     let db = app::connect(&config)
         .await
         .with_context(|| "is PostgreSQL running at DATABASE_URL? (`make run` starts one)")?;
@@ -146,6 +169,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match command {
         Command::Serve { no_worker } => {
+            match app.config.access()? {
+                Access::Keys => tracing::info!("API keys required on /api/v1"),
+                Access::OpenOnLoopback => tracing::warn!(
+                    "NO API KEYS CONFIGURED: /api/v1 is open to anyone on this machine \
+                     (bound to loopback {}). Set TALLY_API_KEY_HASHES to require keys.",
+                    app.config.bind
+                ),
+                Access::OpenByChoice => tracing::warn!(
+                    "NO API KEYS CONFIGURED and TALLY_ALLOW_OPEN=true: /api/v1 is open to \
+                     anyone who can reach {}",
+                    app.config.bind
+                ),
+            }
             let listener = tokio::net::TcpListener::bind(app.config.bind)
                 .await
                 .with_context(|| format!("cannot listen on TALLY_BIND={}", app.config.bind))?;

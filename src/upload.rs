@@ -22,6 +22,8 @@ pub enum UploadError {
     Empty,
     #[error("the upload was interrupted: {0}")]
     Interrupted(String),
+    #[error("the upload sent nothing for {0:?}; it was abandoned")]
+    Stalled(std::time::Duration),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -129,17 +131,32 @@ impl Drop for Staged {
     }
 }
 
-/// Streams `body` into storage under a fresh id, refusing more than `limit` bytes.
-pub async fn stage<S, E>(storage: &Storage, limit: u64, body: S) -> Result<Staged, UploadError>
+/// Bounds on one upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    /// Longest wait for the next piece of the body.
+    pub idle: std::time::Duration,
+}
+
+/// Streams `body` into storage under a fresh id, within `limits`.
+pub async fn stage<S, E>(storage: &Storage, limits: Limits, body: S) -> Result<Staged, UploadError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
 {
+    let limit = limits.max_bytes;
     let id = Uuid::now_v7();
     let key = Storage::key_for(id);
     let mut upload = storage.begin_upload(&key).await?;
     let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(limits.idle, body.next())
+            .await
+            .map_err(|_| UploadError::Stalled(limits.idle))?;
+        let Some(chunk) = next else {
+            break;
+        };
         // On any early return `upload` is dropped, which aborts it.
         let chunk = chunk.map_err(|e| UploadError::Interrupted(e.to_string()))?;
         if upload.size() + chunk.len() as u64 > limit {
@@ -180,6 +197,7 @@ pub async fn commit(
     let row = repo::insert(db, &file).await?;
     // Recorded: the object is the file's now.
     staged.storage = None;
+    crate::metrics::METRICS.upload(file.size_bytes);
     Ok(row)
 }
 

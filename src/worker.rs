@@ -211,6 +211,18 @@ impl Worker {
             Some(Err(e)) => Outcome::RetryLater(e.to_string()),
         };
         let recorded = self.record(&claim, &outcome).await;
+        if recorded {
+            use crate::metrics::{Processed, METRICS};
+            let kind = match &outcome {
+                Outcome::Succeeded(_) => Some(Processed::Succeeded),
+                Outcome::Failed(_) => Some(Processed::Failed),
+                Outcome::RetryLater(_) => Some(Processed::Retried),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                METRICS.processed(kind, started.elapsed());
+            }
+        }
         info!(
             outcome = ?outcome,
             recorded,

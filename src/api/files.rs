@@ -58,6 +58,7 @@ pub struct UploadForm {
     post,
     path = "/api/v1/files",
     tag = "files",
+    security(("api_key" = [])),
     params(UploadParams),
     request_body(content(
         (inline(UploadForm) = "multipart/form-data"),
@@ -68,6 +69,8 @@ pub struct UploadForm {
         (status = 202, description = "Stored; processing is queued", body = FileView,
          headers(("Location" = String, description = "The file's URL"))),
         (status = 400, description = "No file, an empty file, a bad parameter or content type", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled for UPLOAD_IDLE_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Storage or database unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
@@ -98,7 +101,7 @@ pub async fn upload_file(
         "text/csv" | "application/csv" | "text/plain" | "application/octet-stream" => {
             let filename = upload::check_filename(params.filename.as_deref().unwrap_or(""))?;
             let body = request.into_body().into_data_stream();
-            let staged = upload::stage(&state.storage, state.max_upload_bytes, body).await?;
+            let staged = upload::stage(&state.storage, state.limits(), body).await?;
             upload::commit(&state.db, staged, filename, &options).await?
         }
         "" => {
@@ -162,7 +165,7 @@ async fn upload_multipart(
                 .as_deref()
                 .unwrap_or(""),
         )?;
-        let stored = upload::stage(&state.storage, state.max_upload_bytes, field).await?;
+        let stored = upload::stage(&state.storage, state.limits(), field).await?;
         staged = Some((stored, name));
     }
     let Some((staged, name)) = staged else {
@@ -197,10 +200,12 @@ pub struct FilePage {
     get,
     path = "/api/v1/files",
     tag = "files",
+    security(("api_key" = [])),
     params(ListParams),
     responses(
         (status = 200, description = "A page of files", body = FilePage),
         (status = 400, description = "Bad limit, cursor or status", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -274,10 +279,12 @@ pub struct FileDetail {
     get,
     path = "/api/v1/files/{id}",
     tag = "files",
+    security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "File id")),
     responses(
         (status = 200, description = "The file", body = FileDetail),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -307,10 +314,12 @@ fn not_found(id: Uuid) -> ApiError {
     get,
     path = "/api/v1/files/{id}/content",
     tag = "files",
+    security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "File id")),
     responses(
         (status = 200, description = "The uploaded bytes", content_type = "text/csv", body = String),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Storage or database unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -346,10 +355,12 @@ pub async fn get_content(
     post,
     path = "/api/v1/files/{id}/retry",
     tag = "files",
+    security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "File id")),
     responses(
         (status = 202, description = "Queued again", body = FileView),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The file is not failed", body = Problem, content_type = "application/problem+json"),
     )
@@ -381,10 +392,12 @@ pub struct RetriedNotifications {
     post,
     path = "/api/v1/files/{id}/notifications/retry",
     tag = "files",
+    security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "File id")),
     responses(
         (status = 202, description = "Failed notifications queued again", body = RetriedNotifications),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
     )
 )]

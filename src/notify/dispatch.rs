@@ -112,17 +112,24 @@ impl Dispatcher {
     }
 
     async fn record(&self, note: &Due, result: Result<(), SendError>) {
+        use crate::metrics::{Delivery, METRICS};
         let written = match &result {
-            Ok(()) => repo::mark_sent(&self.db, note.id, note.attempts).await,
+            Ok(()) => {
+                METRICS.delivery(Delivery::Sent);
+                repo::mark_sent(&self.db, note.id, note.attempts).await
+            }
             Err(SendError::Transient(e)) if note.attempts < self.config.max_attempts => {
+                METRICS.delivery(Delivery::Retried);
                 let delay = crate::worker::backoff(self.config.retry_backoff, note.attempts);
                 repo::mark_retry(&self.db, note.id, note.attempts, delay, e).await
             }
             Err(SendError::Transient(e)) => {
+                METRICS.delivery(Delivery::Failed);
                 let e = format!("gave up after {} attempts: {e}", note.attempts);
                 repo::mark_failed(&self.db, note.id, note.attempts, &e).await
             }
             Err(SendError::Permanent(e)) => {
+                METRICS.delivery(Delivery::Failed);
                 repo::mark_failed(&self.db, note.id, note.attempts, e).await
             }
         };
