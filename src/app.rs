@@ -59,6 +59,7 @@ impl App {
             &config.storage_url,
             &config.storage_options,
             config.storage_part_bytes,
+            &config.storage_retry,
         )?;
         let channels = Channels::new(config.notify.channels.clone()).map_err(StartError::Notify)?;
         Ok(Self {

@@ -13,7 +13,7 @@ use crate::auth::ApiKeys;
 use crate::notify::channels::{ChannelsConfig, EmailConfig, SmsConfig, WebhookConfig};
 use crate::notify::dispatch::DispatchConfig;
 use crate::notify::Outbox;
-use crate::storage::StorageUrl;
+use crate::storage::{StorageRetry, StorageUrl};
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {name}={value:?} is invalid: {reason}")]
@@ -32,6 +32,7 @@ pub struct Config {
     pub storage_options: Vec<(String, String)>,
     /// Size of the parts uploads are written in.
     pub storage_part_bytes: usize,
+    pub storage_retry: StorageRetry,
     pub bind: SocketAddr,
     pub max_upload_bytes: u64,
     pub worker: WorkerConfig,
@@ -210,6 +211,15 @@ impl Config {
                 |n| *n >= 5 * 1024 * 1024,
             )?,
             bind,
+            storage_retry: StorageRetry {
+                max_retries: parse(&get, "STORAGE_MAX_RETRIES", 3, |_| true)?,
+                timeout: Duration::from_secs(parse(
+                    &get,
+                    "STORAGE_RETRY_TIMEOUT_SECONDS",
+                    10,
+                    |_| true,
+                )?),
+            },
             max_upload_bytes: parse(&get, "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, |n| {
                 *n > 0
             })?,

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -11,7 +12,10 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    BackoffConfig, ClientOptions, GetResultPayload, ObjectStore, ObjectStoreExt, RetryConfig,
+    WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncRead;
 use uuid::Uuid;
@@ -58,6 +62,22 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
+/// How hard a request to the object store is retried before it counts as failed.
+#[derive(Clone, Debug)]
+pub struct StorageRetry {
+    pub max_retries: usize,
+    pub timeout: Duration,
+}
+
+impl Default for StorageRetry {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Size of the pieces an upload is sent in. S3 needs at least 5 MiB per part.
 pub const DEFAULT_PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts in flight at once per upload.
@@ -81,6 +101,7 @@ impl Storage {
         url: &StorageUrl,
         options: &[(String, String)],
         part_bytes: usize,
+        retry: &StorageRetry,
     ) -> Result<Self, StorageError> {
         let store: Arc<dyn ObjectStore> = match url {
             StorageUrl::Local(dir) => {
@@ -89,7 +110,18 @@ impl Storage {
                 Arc::new(LocalFileSystem::new_with_prefix(dir)?.with_fsync(true))
             }
             StorageUrl::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
+                // Give up on an unreachable server within bounds: uploads answer 503 and
+                // workers retry the file later, instead of hanging in a request.
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        max_retries: retry.max_retries,
+                        retry_timeout: retry.timeout,
+                        backoff: BackoffConfig::default(),
+                    })
+                    .with_client_options(
+                        ClientOptions::new().with_connect_timeout(Duration::from_secs(5)),
+                    );
                 for (key, value) in options {
                     if let Ok(key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
                         builder = builder.with_config(key, value);

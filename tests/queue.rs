@@ -44,7 +44,13 @@ async fn worker_with_file(
 ) -> (Worker, Uuid, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_vars(&common::test_vars(dir.path())).unwrap();
-    let storage = Storage::open(&config.storage_url, &[], config.storage_part_bytes).unwrap();
+    let storage = Storage::open(
+        &config.storage_url,
+        &[],
+        config.storage_part_bytes,
+        &config.storage_retry,
+    )
+    .unwrap();
     let id = Uuid::now_v7();
     let key = Storage::key_for(id);
     let mut upload = storage.begin_upload(&key).await.unwrap();
