@@ -37,7 +37,7 @@ pub async fn connect(config: &Config) -> Result<PgPool, StartError> {
     let db = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         // Fail fast when the database is down, so requests answer 503 instead of hanging.
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(config.database_acquire_timeout)
         .connect(&config.database_url)
         .await?;
     MIGRATOR.run(&db).await?;

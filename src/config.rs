@@ -27,6 +27,8 @@ pub struct ConfigError {
 pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
+    /// How long a request waits for a database connection before answering 503.
+    pub database_acquire_timeout: Duration,
     pub storage_url: StorageUrl,
     /// `AWS_*` variables, handed to the S3 backend (endpoint, region, keys…).
     pub storage_options: Vec<(String, String)>,
@@ -193,6 +195,12 @@ impl Config {
             )?),
             notify,
             database_url,
+            database_acquire_timeout: Duration::from_secs(parse(
+                &get,
+                "DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+                5,
+                |n| *n >= 1,
+            )?),
             database_max_connections: parse(&get, "DATABASE_MAX_CONNECTIONS", 10, |n| *n >= 2)?,
             storage_url,
             storage_options: {

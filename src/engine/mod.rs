@@ -4,9 +4,9 @@
 //! This module owns everything about reading the file: header and delimiter
 //! detection, RFC 4180 quoting, amount formats, exact summation, the error
 //! texts users see, the multi-threaded file path, a straightforward
-//! [`reference`] implementation used to check the fast one, and the test
-//! data generator [`gen`]. It does no I/O beyond reading the input it is
-//! given.
+//! [`reference`](mod@reference) implementation used to check the fast one,
+//! and the test data generator [`gen`]. It does no I/O beyond reading the
+//! input it is given.
 //!
 //! The fast path never builds records: it finds delimiters, quotes and line
 //! ends 64 bytes at a time, parses only the amount cell into integer units

@@ -607,10 +607,7 @@ fn endless_line_fails_without_reading_everything() {
     let progress = AtomicU64::new(0);
     let endless = b"amount EUR\n1\n".chain(tokio::io::repeat(b'7'));
     let r = rt().block_on(summarize(endless, dot(), &progress));
-    assert_eq!(
-        show(r),
-        err("line 3: record is longer than 1048576 bytes")
-    );
+    assert_eq!(show(r), err("line 3: record is longer than 1048576 bytes"));
     // Only a few blocks were read before giving up.
     assert!(progress.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20);
     let r = rt().block_on(summarize(tokio::io::repeat(b'x'), dot(), &progress));
