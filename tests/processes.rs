@@ -37,31 +37,47 @@ async fn start_worker(db: &PgPool, app: &common::TestApp, extra: &[(&str, &str)]
     Proc(child)
 }
 
-#[sqlx::test(migrator = "tally::app::MIGRATOR")]
-async fn four_worker_processes_finish_200_files_exactly_once(db: PgPool) {
+/// Uploads `files` CSVs of the given row counts, runs `processes` worker processes,
+/// and checks every file succeeded exactly once, with one delivered notification
+/// per file and channel.
+async fn many_workers_finish_every_file_once(db: PgPool, processes: usize, files: u64, rows: &[u64]) {
+    let hooks = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&hooks)
+        .await;
     let app = common::spawn_with(db.clone(), false, |_| {}).await;
     let mut expected = HashMap::new();
-    for i in 0..200u64 {
-        let (csv, sum) = common::simple_csv(1 + i % 37);
+    for i in 0..files {
+        let n = rows[i as usize % rows.len()];
+        let (csv, sum) = common::simple_csv(n);
         let file: Value = app.upload_raw(&format!("f{i}.csv"), csv).await.json().await.unwrap();
-        expected.insert(file["id"].as_str().unwrap().to_string(), (1 + i % 37, sum));
+        expected.insert(file["id"].as_str().unwrap().to_string(), (n, sum));
     }
-    let workers: Vec<Proc> = futures::future::join_all(
-        (0..4).map(|_| start_worker(&db, &app, &[("WORKER_CONCURRENCY", "2")])),
-    )
-    .await;
+    let slack = format!("{}/slack", hooks.uri());
+    let hook = format!("{}/hook", hooks.uri());
+    let channels = [
+        ("WORKER_CONCURRENCY", "2"),
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("WEBHOOK_URL", hook.as_str()),
+        ("WEBHOOK_SECRET", "k"),
+    ];
+    let workers: Vec<Proc> =
+        futures::future::join_all((0..processes).map(|_| start_worker(&db, &app, &channels))).await;
 
     let started = Instant::now();
     loop {
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM files WHERE status IN ('pending', 'processing')")
-                .fetch_one(&db)
-                .await
-                .unwrap();
+        let open: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM files WHERE status IN ('pending', 'processing'))
+                  + (SELECT count(*) FROM notifications WHERE status <> 'sent')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
         if open == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "{open} files still open");
+        assert!(started.elapsed() < Duration::from_secs(180), "{open} files or notifications open");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rows: Vec<(uuid::Uuid, String, i32, Option<i64>, Option<rust_decimal::Decimal>)> =
@@ -69,7 +85,7 @@ async fn four_worker_processes_finish_200_files_exactly_once(db: PgPool) {
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(rows.len(), 200, "no file lost");
+    assert_eq!(rows.len() as u64, files, "no file lost");
     for (id, status, attempts, entries, sum) in rows {
         let (n, s) = &expected[&id.to_string()];
         assert_eq!(status, "succeeded", "{id}");
@@ -77,15 +93,28 @@ async fn four_worker_processes_finish_200_files_exactly_once(db: PgPool) {
         assert_eq!(entries, Some(*n as i64));
         assert_eq!(sum.unwrap().to_string(), *s);
     }
-    let per_file: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(n.id) FROM files f LEFT JOIN notifications n ON n.file_id = f.id GROUP BY f.id",
+    let per_channel: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT channel, count(*), count(DISTINCT file_id) FROM notifications GROUP BY channel ORDER BY channel",
     )
     .fetch_all(&db)
     .await
     .unwrap();
-    assert!(per_file.iter().all(|&n| n == 1), "one notification per file and channel");
+    let n = files as i64;
+    assert_eq!(per_channel, vec![("slack".into(), n, n), ("webhook".into(), n, n)]);
+    let received = hooks.received_requests().await.unwrap();
+    assert_eq!(received.len() as u64, 2 * files, "one delivery per file and channel");
     drop(workers);
     app.stop().await;
+}
+
+#[sqlx::test(migrator = "tally::app::MIGRATOR")]
+async fn four_worker_processes_finish_200_files_exactly_once(db: PgPool) {
+    many_workers_finish_every_file_once(db, 4, 200, &[1, 5, 17, 37, 100]).await;
+}
+
+#[sqlx::test(migrator = "tally::app::MIGRATOR")]
+async fn three_worker_processes_finish_300_mixed_files_exactly_once(db: PgPool) {
+    many_workers_finish_every_file_once(db, 3, 300, &[1, 10, 100, 1000, 20_000]).await;
 }
 
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
