@@ -30,8 +30,10 @@ services:
 	@scripts/test-services.sh
 
 test: services
+	@scripts/local-postgres.sh "$(TEST_DATABASE_URL)" >/dev/null
 	DATABASE_URL="$(TEST_DATABASE_URL)" cargo test --all-targets -- --test-threads 4
 	DATABASE_URL="$(TEST_DATABASE_URL)" cargo test --doc
+	TEST_DATABASE_URL="$(TEST_DATABASE_URL)" scripts/schemathesis.sh
 
 openapi:
 	cargo run -q -- openapi > openapi/openapi.json

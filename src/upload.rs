@@ -43,11 +43,11 @@ impl ReadOptions {
     /// Parses the `delimiter` and `decimal_separator` parameters.
     pub fn parse(delimiter: Option<&str>, decimal_separator: Option<&str>) -> Result<Self, String> {
         let delimiter = match delimiter {
-            None | Some("") => None,
+            None => None,
             Some(d) => Some(parse_delimiter(d)?),
         };
         let decimal_separator = match decimal_separator {
-            None | Some("") | Some(".") => DecimalSeparator::Dot,
+            None | Some(".") => DecimalSeparator::Dot,
             Some(",") => DecimalSeparator::Comma,
             Some(other) => {
                 return Err(format!(
@@ -221,6 +221,8 @@ mod tests {
         assert_eq!(o.decimal_separator, DecimalSeparator::Comma);
         assert_eq!(ReadOptions::parse(Some("tab"), None).unwrap().delimiter, Some(b'\t'));
         assert!(ReadOptions::parse(Some("x"), None).is_err());
+        assert!(ReadOptions::parse(Some(""), None).is_err());
+        assert!(ReadOptions::parse(None, Some("")).is_err());
         assert!(ReadOptions::parse(None, Some("'")).is_err());
     }
 }

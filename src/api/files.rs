@@ -29,13 +29,14 @@ pub struct Path<T>(pub T);
 #[into_params(parameter_in = Query)]
 pub struct UploadParams {
     /// Name to record for a raw-body upload (multipart uploads carry their own).
-    #[param(example = "invoices-2026-11.csv")]
+    /// Display text only: no control characters, at most 255 characters.
+    #[param(example = "invoices-2026-11.csv", max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub filename: Option<String>,
     /// Field delimiter: `,` `;` `tab` or `|`. Detected from the header when omitted.
-    #[param(example = ";")]
+    #[param(example = ";", value_type = Option<String>, pattern = r"^(,|;|\||tab|TAB|\t|\\t)$")]
     pub delimiter: Option<String>,
     /// Decimal separator of the amounts: `.` (default) or `,` (then `.` and spaces group thousands).
-    #[param(example = ",")]
+    #[param(example = ",", value_type = Option<String>, pattern = r"^[.,]$")]
     pub decimal_separator: Option<String>,
 }
 
@@ -44,9 +45,26 @@ pub struct UploadParams {
 #[allow(dead_code)]
 pub struct UploadForm {
     /// The CSV file.
-    #[schema(value_type = String, format = Binary, content_media_type = "text/csv")]
+    #[schema(value_type = String, format = Binary, content_media_type = "text/csv", min_length = 1)]
     file: Vec<u8>,
 }
+
+/// A raw-body upload: the CSV bytes themselves, not empty.
+pub struct CsvBody;
+
+impl utoipa::PartialSchema for CsvBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .min_length(Some(1))
+            .description(Some("The CSV file's bytes."))
+            .into()
+    }
+}
+
+impl ToSchema for CsvBody {}
 
 /// Upload a CSV file.
 ///
@@ -62,8 +80,8 @@ pub struct UploadForm {
     params(UploadParams),
     request_body(content(
         (inline(UploadForm) = "multipart/form-data"),
-        ("text/csv"),
-        ("application/octet-stream"),
+        (inline(CsvBody) = "text/csv"),
+        (inline(CsvBody) = "application/octet-stream"),
     )),
     responses(
         (status = 202, description = "Stored; processing is queued", body = FileView,
@@ -83,6 +101,9 @@ pub async fn upload_file(
     let options = ReadOptions::parse(params.delimiter.as_deref(), params.decimal_separator.as_deref())
         .map_err(ApiError::BadRequest)?;
     check_length(request.headers(), state.max_upload_bytes)?;
+    if let Some(name) = &params.filename {
+        upload::check_filename(name)?;
+    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -183,6 +204,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-f]{32}$")]
     pub cursor: Option<String>,
     /// Only files in this status.
     pub status: Option<FileStatus>,
@@ -220,7 +242,7 @@ pub async fn list_files(
         )));
     }
     let after = match params.cursor.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(raw) => Some(Cursor::decode(raw).ok_or_else(|| {
             ApiError::BadRequest("cursor is not one this API gave out; start again without it".into())
         })?),

@@ -236,6 +236,8 @@ pub(crate) struct Buffer {
 const PAGE: usize = 4096;
 /// Size of the first read of a stream; see `summarize_with_block`.
 const PROBE: usize = 16;
+/// Room kept before each block of a stream for the record carried over.
+const GAP: usize = 64 << 10;
 
 /// The first offset at or after `at` whose address in `data` has the same
 /// page offset as `file_offset`.
@@ -357,18 +359,14 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
     }
 
     // Double buffering: block k + 1 is read behind a gap while block k is
-    // scanned; the unfinished last record of block k (at most
-    // `max_record` bytes, or the scan fails) is then copied into the gap.
-    let gap = header.layout.max_record + 1;
+    // scanned; the unfinished last record of block k is then copied into
+    // the gap, or, if longer than the gap (rare), joined in a new buffer.
     let mut cur = rest.to_vec();
     let (mut start, mut end) = (0, cur.len());
-    let mut next = Vec::new();
+    let mut next = vec![0u8; GAP + PAGE + block];
     loop {
-        if next.len() < gap + block + PAGE {
-            next.resize(gap + block + PAGE, 0);
-        }
         // A file read from the start is at offset `total`.
-        let read_at = page_matched(&next, gap, total);
+        let read_at = page_matched(&next, GAP, total);
         let (read, scanned) = futures::join!(
             read_full(&mut reader, &mut next[read_at..read_at + block]),
             async { core.run(&cur[start..end], false, usize::MAX) }
@@ -378,10 +376,21 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
         total += n as u64;
         progress.store(total, Ordering::Relaxed);
         let carry = &cur[start + consumed..end];
-        let new_start = read_at - carry.len();
-        next[new_start..read_at].copy_from_slice(carry);
-        std::mem::swap(&mut cur, &mut next);
-        (start, end) = (new_start, read_at + n);
+        if carry.len() <= read_at {
+            let new_start = read_at - carry.len();
+            next[new_start..read_at].copy_from_slice(carry);
+            std::mem::swap(&mut cur, &mut next);
+            (start, end) = (new_start, read_at + n);
+        } else {
+            let mut joined = Vec::with_capacity(carry.len() + n);
+            joined.extend_from_slice(carry);
+            joined.extend_from_slice(&next[read_at..read_at + n]);
+            (start, end) = (0, joined.len());
+            cur = joined;
+        }
+        if next.len() < GAP + PAGE + block {
+            next = vec![0u8; GAP + PAGE + block];
+        }
         if n < block {
             core.run(&cur[start..end], true, usize::MAX)
                 .map_err(into_error)?;

@@ -256,19 +256,26 @@ impl<'a> Core<'a> {
             return Err(field_count(layout, line, fields));
         }
         let (a, b, quoted) = amt;
-        let cell = if quoted {
+        let parsed = if quoted {
             self.scratch.extend_from_slice(&buf[a..b]);
-            &self.scratch[..]
+            amount::parse(&self.scratch, layout.separator)
         } else {
-            &buf[a..b]
+            amount::parse_at(&buf[a..], b - a, layout.separator)
         };
-        match amount::parse(cell, layout.separator) {
+        match parsed {
             Ok(v) => {
                 if self.acc.add(v).is_err() {
                     return Err(self.overflow(line));
                 }
             }
-            Err(e) => return Err(amount_error(e, cell, layout, line).into()),
+            Err(e) => {
+                let cell = if quoted {
+                    &self.scratch[..]
+                } else {
+                    &buf[a..b]
+                };
+                return Err(amount_error(e, cell, layout, line).into());
+            }
         }
         self.entries += 1;
         Ok(())

@@ -613,3 +613,24 @@ fn endless_line_fails_without_reading_everything() {
     let r = rt().block_on(summarize(tokio::io::repeat(b'x'), dot(), &progress));
     assert_eq!(show(r), err("line 1: record is longer than 1048576 bytes"));
 }
+
+#[test]
+fn records_longer_than_a_block_are_carried_over() {
+    let long = "x".repeat(300 << 10);
+    let input = format!("note,amount EUR\n{long},1.50\n\"{long}\n{long}\",2\nshort,3\n");
+    assert_eq!(run(&input, dot()), ok(3, "6.50"));
+    let progress = AtomicU64::new(0);
+    for block in [4 << 10, 100 << 10] {
+        let r = rt().block_on(summarize_with_block(input.as_bytes(), dot(), &progress, block));
+        assert_eq!(show(r), ok(3, "6.50"), "block {block}");
+    }
+}
+
+#[test]
+fn huge_record_limit_is_accepted() {
+    let d = Dialect {
+        max_record_bytes: usize::MAX,
+        ..dot()
+    };
+    assert_eq!(run("amount EUR\n1\n", d), ok(1, "1.00"));
+}
