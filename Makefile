@@ -8,7 +8,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:$(PG_PORT)/tally
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:$(PG_PORT)/tally_test
 export RUST_BACKTRACE ?= 1
 
-.PHONY: run test build release openapi fmt lint bench bench-sum db services clean
+.PHONY: run test build release openapi fmt lint bench bench-sum bench-e2e db services clean
 
 run: release
 	@url="$$(scripts/local-postgres.sh "$(DATABASE_URL)")" && \
@@ -47,8 +47,13 @@ lint:
 
 bench: bench-sum
 
+# MB/s of `tally sum` on 1M- and 10M-row files, beside cat and wc -l.
 bench-sum: release
 	scripts/bench-sum.sh
+
+# The end-to-end matrix (local folder and S3), written to docs/benchmarks.md.
+bench-e2e: release services
+	python3 scripts/bench_e2e.py
 
 clean:
 	cargo clean

@@ -160,17 +160,19 @@ impl Config {
         let database_url = get("DATABASE_URL")
             .unwrap_or(DEFAULT_DATABASE_URL)
             .to_string();
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://"))
-        {
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError {
                 name: "DATABASE_URL",
                 value: database_url,
                 reason: "expected a postgres:// URL".into(),
             });
         }
-        let bind: SocketAddr = parse(&get, "TALLY_BIND", DEFAULT_BIND.parse().expect("valid"), |_| {
-            true
-        })?;
+        let bind: SocketAddr = parse(
+            &get,
+            "TALLY_BIND",
+            DEFAULT_BIND.parse().expect("valid"),
+            |_| true,
+        )?;
         let notify = notify_config(&get, bind)?;
         let keys_raw = get("TALLY_API_KEY_HASHES").unwrap_or("");
         let api_keys = ApiKeys::parse(keys_raw).map_err(|reason| ConfigError {
@@ -275,7 +277,10 @@ fn notify_config<'a>(
         get(name).ok_or_else(|| invalid(name, "", format!("is required when {because} is set")))
     };
     let list = |raw: &'a str| -> Vec<&'a str> {
-        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
     };
 
     let email = match get("SMTP_URL") {
@@ -288,7 +293,10 @@ fn notify_config<'a>(
             let to_raw = required("MAIL_TO", "SMTP_URL")?;
             let to = list(to_raw)
                 .into_iter()
-                .map(|a| a.parse::<Mailbox>().map_err(|e| invalid("MAIL_TO", a, format!("{e}"))))
+                .map(|a| {
+                    a.parse::<Mailbox>()
+                        .map_err(|e| invalid("MAIL_TO", a, format!("{e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
                 return Err(invalid(
@@ -333,9 +341,13 @@ fn notify_config<'a>(
         webhook,
     };
     let tz_raw = get("NOTIFY_TIMEZONE").unwrap_or("UTC");
-    let timezone: Tz = tz_raw
-        .parse()
-        .map_err(|_| invalid("NOTIFY_TIMEZONE", tz_raw, "not an IANA time zone name such as Europe/Berlin".into()))?;
+    let timezone: Tz = tz_raw.parse().map_err(|_| {
+        invalid(
+            "NOTIFY_TIMEZONE",
+            tz_raw,
+            "not an IANA time zone name such as Europe/Berlin".into(),
+        )
+    })?;
     let defaults = DispatchConfig::default();
     Ok(NotifyConfig {
         outbox: Outbox {
@@ -348,7 +360,9 @@ fn notify_config<'a>(
         },
         channels,
         dispatch: DispatchConfig {
-            max_attempts: parse(&get, "NOTIFY_MAX_ATTEMPTS", defaults.max_attempts, |n| *n >= 1)?,
+            max_attempts: parse(&get, "NOTIFY_MAX_ATTEMPTS", defaults.max_attempts, |n| {
+                *n >= 1
+            })?,
             retry_backoff: Duration::from_millis(parse(
                 &get,
                 "NOTIFY_RETRY_BACKOFF_MS",

@@ -112,8 +112,18 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
         let w = &mut out;
-        counter(w, "tally_uploads_total", "Files accepted by this process.", load(&self.uploads));
-        counter(w, "tally_upload_bytes_total", "Bytes accepted by this process.", load(&self.upload_bytes));
+        counter(
+            w,
+            "tally_uploads_total",
+            "Files accepted by this process.",
+            load(&self.uploads),
+        );
+        counter(
+            w,
+            "tally_upload_bytes_total",
+            "Bytes accepted by this process.",
+            load(&self.upload_bytes),
+        );
         let _ = writeln!(w, "# HELP tally_files_processed_total Processing attempts finished by this process, by outcome.");
         let _ = writeln!(w, "# TYPE tally_files_processed_total counter");
         for (outcome, v) in [
@@ -121,31 +131,56 @@ impl Metrics {
             ("failed", &self.processed_failed),
             ("retried", &self.processed_retried),
         ] {
-            let _ = writeln!(w, "tally_files_processed_total{{outcome=\"{outcome}\"}} {}", load(v));
+            let _ = writeln!(
+                w,
+                "tally_files_processed_total{{outcome=\"{outcome}\"}} {}",
+                load(v)
+            );
         }
-        let _ = writeln!(w, "# HELP tally_processing_seconds Time to process one file.");
+        let _ = writeln!(
+            w,
+            "# HELP tally_processing_seconds Time to process one file."
+        );
         let _ = writeln!(w, "# TYPE tally_processing_seconds histogram");
         for (bound, v) in BUCKETS.iter().zip(&self.duration_buckets) {
-            let _ = writeln!(w, "tally_processing_seconds_bucket{{le=\"{bound}\"}} {}", load(v));
+            let _ = writeln!(
+                w,
+                "tally_processing_seconds_bucket{{le=\"{bound}\"}} {}",
+                load(v)
+            );
         }
         let count = load(&self.duration_count);
         let _ = writeln!(w, "tally_processing_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(w, "tally_processing_seconds_sum {}", load(&self.duration_micros) as f64 / 1e6);
+        let _ = writeln!(
+            w,
+            "tally_processing_seconds_sum {}",
+            load(&self.duration_micros) as f64 / 1e6
+        );
         let _ = writeln!(w, "tally_processing_seconds_count {count}");
-        let _ = writeln!(w, "# HELP tally_notifications_total Delivery attempts by this process, by outcome.");
+        let _ = writeln!(
+            w,
+            "# HELP tally_notifications_total Delivery attempts by this process, by outcome."
+        );
         let _ = writeln!(w, "# TYPE tally_notifications_total counter");
         for (outcome, v) in [
             ("sent", &self.notifications_sent),
             ("retried", &self.notifications_retried),
             ("failed", &self.notifications_failed),
         ] {
-            let _ = writeln!(w, "tally_notifications_total{{outcome=\"{outcome}\"}} {}", load(v));
+            let _ = writeln!(
+                w,
+                "tally_notifications_total{{outcome=\"{outcome}\"}} {}",
+                load(v)
+            );
         }
 
         let _ = writeln!(w, "# HELP tally_files Files by status (whole deployment).");
         let _ = writeln!(w, "# TYPE tally_files gauge");
         for status in ["pending", "processing", "succeeded", "failed"] {
-            let n = by_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            let n = by_status
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
             let _ = writeln!(w, "tally_files{{status=\"{status}\"}} {n}");
         }
         let depth: i64 = by_status
@@ -153,17 +188,28 @@ impl Metrics {
             .filter(|(s, _)| s == "pending" || s == "processing")
             .map(|(_, n)| n)
             .sum();
-        gauge(w, "tally_queue_depth", "Files pending or processing.", depth as f64);
+        gauge(
+            w,
+            "tally_queue_depth",
+            "Files pending or processing.",
+            depth as f64,
+        );
         gauge(
             w,
             "tally_oldest_pending_seconds",
             "Age of the oldest pending file (0 when none).",
             oldest_pending.unwrap_or(0.0),
         );
-        let _ = writeln!(w, "# HELP tally_notifications Notifications by status (whole deployment).");
+        let _ = writeln!(
+            w,
+            "# HELP tally_notifications Notifications by status (whole deployment)."
+        );
         let _ = writeln!(w, "# TYPE tally_notifications gauge");
         for status in ["pending", "sending", "sent", "failed"] {
-            let n = notes.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            let n = notes
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
             let _ = writeln!(w, "tally_notifications{{status=\"{status}\"}} {n}");
         }
         Ok(out)

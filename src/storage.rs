@@ -160,8 +160,15 @@ impl Storage {
     }
 
     /// Reads an object as a byte stream, in large blocks.
-    pub async fn reader(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StorageError> {
-        let result = self.store.get(&Path::from(key)).await.map_err(|e| not_found(key, e))?;
+    pub async fn reader(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, StorageError> {
+        let result = self
+            .store
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| not_found(key, e))?;
         match result.payload {
             // object_store reads local files 8 KiB at a time, each a hop to the blocking
             // pool; read the file directly instead, so the caller's block size applies.
@@ -181,7 +188,11 @@ impl Storage {
         &self,
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
-        let result = self.store.get(&Path::from(key)).await.map_err(|e| not_found(key, e))?;
+        let result = self
+            .store
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| not_found(key, e))?;
         Ok(result.into_stream().map_err(StorageError::from).boxed())
     }
 

@@ -207,7 +207,10 @@ mod tests {
 
     #[test]
     fn filenames_are_display_text_only() {
-        assert_eq!(check_filename("../../etc/passwd").unwrap(), "../../etc/passwd");
+        assert_eq!(
+            check_filename("../../etc/passwd").unwrap(),
+            "../../etc/passwd"
+        );
         assert_eq!(check_filename("  ").unwrap(), "upload.csv");
         assert!(check_filename("a\0b.csv").is_err());
         assert!(check_filename("a\nb.csv").is_err());
@@ -219,7 +222,10 @@ mod tests {
         let o = ReadOptions::parse(Some(";"), Some(",")).unwrap();
         assert_eq!(o.delimiter, Some(b';'));
         assert_eq!(o.decimal_separator, DecimalSeparator::Comma);
-        assert_eq!(ReadOptions::parse(Some("tab"), None).unwrap().delimiter, Some(b'\t'));
+        assert_eq!(
+            ReadOptions::parse(Some("tab"), None).unwrap().delimiter,
+            Some(b'\t')
+        );
         assert!(ReadOptions::parse(Some("x"), None).is_err());
         assert!(ReadOptions::parse(Some(""), None).is_err());
         assert!(ReadOptions::parse(None, Some("")).is_err());

@@ -11,7 +11,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub async fn listen(db: PgPool, channel: &'static str, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn listen(
+    db: PgPool,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&db).await {
             Ok(l) => l,

@@ -115,7 +115,9 @@ impl Worker {
                 Ok(Some(claim)) => {
                     db_backoff = Duration::from_millis(200);
                     let span = info_span!("file", file_id = %claim.id, attempt = claim.attempts);
-                    self.process(claim, &owner, &shutdown).instrument(span).await;
+                    self.process(claim, &owner, &shutdown)
+                        .instrument(span)
+                        .await;
                     continue;
                 }
                 Ok(None) => {
@@ -152,7 +154,12 @@ impl Worker {
     }
 
     /// Processes one claimed file to an outcome and records it.
-    pub async fn process(&self, claim: Claim, owner: &str, shutdown: &CancellationToken) -> Outcome {
+    pub async fn process(
+        &self,
+        claim: Claim,
+        owner: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         info!(filename = %claim.filename, size_bytes = claim.size_bytes, %owner, "processing");
         let started = std::time::Instant::now();
         let progress = Arc::new(AtomicU64::new(0));
@@ -201,9 +208,11 @@ impl Worker {
             Some(Err(ProcessError::Engine(e))) if e.is_data_error() => {
                 Outcome::Failed(e.to_string())
             }
-            Some(Err(ProcessError::Storage(StorageError::NotFound(key)))) => Outcome::Failed(
-                format!("the stored bytes of this file are missing (object {key}); upload it again"),
-            ),
+            Some(Err(ProcessError::Storage(StorageError::NotFound(key)))) => {
+                Outcome::Failed(format!(
+                    "the stored bytes of this file are missing (object {key}); upload it again"
+                ))
+            }
             Some(Err(e)) if claim.attempts >= self.config.max_attempts => Outcome::Failed(format!(
                 "gave up after {} attempts; last error: {e}",
                 claim.attempts
@@ -241,7 +250,10 @@ impl Worker {
         let reader = self.storage.reader(&claim.object_key).await?;
         let dialect = Dialect {
             delimiter: claim.delimiter.as_deref().and_then(|d| d.bytes().next()),
-            decimal_separator: claim.decimal_separator.parse().unwrap_or(DecimalSeparator::Dot),
+            decimal_separator: claim
+                .decimal_separator
+                .parse()
+                .unwrap_or(DecimalSeparator::Dot),
             max_record_bytes: 0,
         };
         // Summing is CPU-bound: keep it off the threads that serve requests.
@@ -256,12 +268,12 @@ impl Worker {
         });
         match task.await {
             Ok(Some(result)) => Ok(result?),
-            Ok(None) => Err(ProcessError::Engine(EngineError::Io(std::io::Error::other(
-                "processing was stopped",
-            )))),
-            Err(join) => Err(ProcessError::Engine(EngineError::Io(std::io::Error::other(
-                format!("processing crashed: {join}"),
-            )))),
+            Ok(None) => Err(ProcessError::Engine(EngineError::Io(
+                std::io::Error::other("processing was stopped"),
+            ))),
+            Err(join) => Err(ProcessError::Engine(EngineError::Io(
+                std::io::Error::other(format!("processing crashed: {join}")),
+            ))),
         }
     }
 
@@ -324,7 +336,6 @@ async fn heartbeat(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

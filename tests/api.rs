@@ -27,7 +27,10 @@ async fn multipart_upload_is_processed_to_the_exact_sum(db: PgPool) {
     assert_eq!(file["filename"], "invoices.csv");
     assert_eq!(file["size_bytes"], csv.len() as u64);
     assert_eq!(file["sha256"], hex::encode(Sha256::digest(&csv)));
-    assert!(matches!(file["status"].as_str(), Some("pending" | "processing" | "succeeded")));
+    assert!(matches!(
+        file["status"].as_str(),
+        Some("pending" | "processing" | "succeeded")
+    ));
 
     let done = app.wait_done(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -136,8 +139,14 @@ async fn missing_file_field_is_rejected(db: PgPool) {
 async fn two_files_in_one_request_are_rejected(db: PgPool) {
     let app = spawn(db).await;
     let form = reqwest::multipart::Form::new()
-        .part("file", reqwest::multipart::Part::bytes(b"amount EUR\n1\n".to_vec()).file_name("a.csv"))
-        .part("file", reqwest::multipart::Part::bytes(b"amount EUR\n2\n".to_vec()).file_name("b.csv"));
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"amount EUR\n1\n".to_vec()).file_name("a.csv"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"amount EUR\n2\n".to_vec()).file_name("b.csv"),
+        );
     let response = app
         .http
         .post(app.url("/api/v1/files"))
@@ -154,7 +163,12 @@ async fn two_files_in_one_request_are_rejected(db: PgPool) {
 async fn empty_body_is_rejected(db: PgPool) {
     let app = spawn(db).await;
     assert_problem(app.upload_raw("empty.csv", Vec::new()).await, 400, "empty").await;
-    assert_problem(app.upload_multipart("empty.csv", Vec::new()).await, 400, "empty").await;
+    assert_problem(
+        app.upload_multipart("empty.csv", Vec::new()).await,
+        400,
+        "empty",
+    )
+    .await;
     assert_no_files(&app).await;
     app.stop().await;
 }
@@ -170,7 +184,12 @@ async fn wrong_content_type_is_rejected(db: PgPool) {
         .send()
         .await
         .unwrap();
-    assert_problem(response, 400, "Content-Type application/json is not accepted").await;
+    assert_problem(
+        response,
+        400,
+        "Content-Type application/json is not accepted",
+    )
+    .await;
     assert_no_files(&app).await;
     app.stop().await;
 }
@@ -229,8 +248,18 @@ async fn oversized_upload_is_rejected_and_nothing_is_kept(db: PgPool) {
     .await;
     let (csv, _) = common::simple_csv(200);
     assert!(csv.len() > 1000);
-    assert_problem(app.upload_raw("big.csv", csv.clone()).await, 413, "limit of 1000 bytes").await;
-    assert_problem(app.upload_multipart("big.csv", csv.clone()).await, 413, "limit of 1000 bytes").await;
+    assert_problem(
+        app.upload_raw("big.csv", csv.clone()).await,
+        413,
+        "limit of 1000 bytes",
+    )
+    .await;
+    assert_problem(
+        app.upload_multipart("big.csv", csv.clone()).await,
+        413,
+        "limit of 1000 bytes",
+    )
+    .await;
     // Without a Content-Length, the limit is enforced while streaming.
     let stream = futures::stream::iter(
         csv.chunks(100)
@@ -248,7 +277,11 @@ async fn oversized_upload_is_rejected_and_nothing_is_kept(db: PgPool) {
     assert_problem(response, 413, "limit of 1000 bytes").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_no_files(&app).await;
-    assert!(app.stored_objects().is_empty(), "{:?}", app.stored_objects());
+    assert!(
+        app.stored_objects().is_empty(),
+        "{:?}",
+        app.stored_objects()
+    );
     app.stop().await;
 }
 
@@ -260,13 +293,20 @@ async fn client_disconnect_mid_upload_leaves_no_row_and_no_object(db: PgPool) {
     let head = "POST /api/v1/files?filename=cut.csv HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 10000000\r\n\r\n";
     socket.write_all(head.as_bytes()).await.unwrap();
     let (csv, _) = common::simple_csv(20_000);
-    socket.write_all(&csv[..csv.len().min(300_000)]).await.unwrap();
+    socket
+        .write_all(&csv[..csv.len().min(300_000)])
+        .await
+        .unwrap();
     socket.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(socket);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_no_files(&app).await;
-    assert!(app.stored_objects().is_empty(), "{:?}", app.stored_objects());
+    assert!(
+        app.stored_objects().is_empty(),
+        "{:?}",
+        app.stored_objects()
+    );
     // Still serving.
     let (status, _) = app.get_json("/healthz").await;
     assert_eq!(status, 200);
@@ -285,7 +325,12 @@ async fn assert_no_files(app: &common::TestApp) {
 async fn content_returns_the_uploaded_bytes(db: PgPool) {
     let app = spawn(db).await;
     let (csv, _) = common::simple_csv(3000);
-    let file: Value = app.upload_raw("c.csv", csv.clone()).await.json().await.unwrap();
+    let file: Value = app
+        .upload_raw("c.csv", csv.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = file["id"].as_str().unwrap();
     let response = app
         .http
@@ -310,9 +355,19 @@ async fn unknown_and_malformed_ids_are_problems(db: PgPool) {
         let r = app.http.get(app.url(&path)).send().await.unwrap();
         assert_problem(r, 404, "no file with id").await;
     }
-    let r = app.http.get(app.url("/api/v1/files/not-a-uuid")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/api/v1/files/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(r, 400, "").await;
-    let r = app.http.get(app.url("/api/v1/nothing-here")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/api/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(r, 404, "no such route").await;
     app.stop().await;
 }
@@ -323,7 +378,12 @@ async fn history_is_newest_first_with_cursor_pagination_and_status_filter(db: Pg
     let mut ids = Vec::new();
     for i in 0..7 {
         let csv = format!("amount EUR\n{i}\n").into_bytes();
-        let file: Value = app.upload_raw(&format!("f{i}.csv"), csv).await.json().await.unwrap();
+        let file: Value = app
+            .upload_raw(&format!("f{i}.csv"), csv)
+            .await
+            .json()
+            .await
+            .unwrap();
         ids.push(file["id"].as_str().unwrap().to_string());
     }
     ids.reverse();
@@ -351,7 +411,13 @@ async fn history_is_newest_first_with_cursor_pagination_and_status_filter(db: Pg
     let (_, done) = app.get_json("/api/v1/files?status=succeeded").await;
     assert_eq!(done["items"].as_array().unwrap().len(), 0);
 
-    for bad in ["limit=0", "limit=101", "limit=x", "status=done", "cursor=garbage"] {
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "status=done",
+        "cursor=garbage",
+    ] {
         let r = app
             .http
             .get(app.url(&format!("/api/v1/files?{bad}")))
@@ -424,7 +490,12 @@ async fn swagger_ui_is_served_from_the_app(db: PgPool) {
     assert_eq!(r.status().as_u16(), 200);
     let html = r.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "{html}");
-    let r = app.http.get(app.url("/docs/swagger-ui-bundle.js")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let (status, spec) = app.get_json("/openapi.json").await;
     assert_eq!(status, 200);

@@ -43,14 +43,34 @@ impl Cluster {
             .map(|e| e.path().join("bin"))
             .filter(|p| p.join("initdb").exists())
             .max()?;
-        let dir = tempfile::Builder::new().prefix("tally-pg").tempdir_in("/tmp").ok()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tally-pg")
+            .tempdir_in("/tmp")
+            .ok()?;
         if nix_is_root() {
-            Command::new("chown").args(["postgres"]).arg(dir.path()).status().ok()?;
+            Command::new("chown")
+                .args(["postgres"])
+                .arg(dir.path())
+                .status()
+                .ok()?;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let data = dir.path().join("data");
         let ok = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-D",
+            ])
             .arg(&data)
             .stdout(Stdio::null())
             .status()
@@ -64,14 +84,24 @@ impl Cluster {
 
     fn ctl(&self, action: &str) {
         let mut c = as_postgres(&self.bin.join("pg_ctl"));
-        c.arg("-D").arg(self.dir.path().join("data")).args(["-w", "-m", "fast"]);
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-m", "fast"]);
         if action == "start" {
-            c.arg("-l").arg(self.dir.path().join("log")).arg("-o").arg(format!(
-                "-p {} -k /tmp -c listen_addresses=127.0.0.1",
-                self.port
-            ));
+            c.arg("-l")
+                .arg(self.dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {} -k /tmp -c listen_addresses=127.0.0.1",
+                    self.port
+                ));
         }
-        let ok = c.arg(action).stdout(Stdio::null()).status().unwrap().success();
+        let ok = c
+            .arg(action)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "pg_ctl {action} failed");
     }
 
@@ -108,7 +138,11 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
         panic!("PostgreSQL server binaries (initdb, pg_ctl) are needed for this test");
     };
     let storage = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut vars = common::test_vars(storage.path());
     vars.insert("DATABASE_URL".into(), cluster.url());
     vars.insert("TALLY_BIND".into(), format!("127.0.0.1:{port}"));
@@ -123,10 +157,23 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let started = Instant::now();
-    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(30), "tally serve did not start");
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tally serve did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -143,7 +190,10 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
                 .await
                 .expect("an answer, not a hang");
             let status = r.status().as_u16();
-            let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_string());
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or("").to_string());
             let body: Value = r.json().await.unwrap_or(Value::Null);
             (status, ct, body, sum)
         }
@@ -161,19 +211,32 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
     for i in 10..15 {
         let asked = Instant::now();
         let (status, ct, body, sum) = upload(i).await;
-        assert!(asked.elapsed() < Duration::from_secs(15), "the API must not hang");
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "the API must not hang"
+        );
         match status {
             202 => accepted.push((body["id"].as_str().unwrap().to_string(), sum)),
             503 => {
                 assert_eq!(ct.as_deref(), Some("application/problem+json"));
-                assert!(body["detail"].as_str().unwrap().contains("database"), "{body}");
+                assert!(
+                    body["detail"].as_str().unwrap().contains("database"),
+                    "{body}"
+                );
                 refused += 1;
             }
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert!(refused > 0, "uploads while the database is down are refused");
-    let r = http.get(format!("{base}/api/v1/files")).send().await.unwrap();
+    assert!(
+        refused > 0,
+        "uploads while the database is down are refused"
+    );
+    let r = http
+        .get(format!("{base}/api/v1/files"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let r = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
@@ -190,7 +253,10 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
                 break;
             }
             tries += 1;
-            assert!(tries < 20, "uploads resume after the restart: {status} {body}");
+            assert!(
+                tries < 20,
+                "uploads resume after the restart: {status} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -198,18 +264,27 @@ async fn postgres_restart_loses_nothing_that_got_a_202() {
     let started = Instant::now();
     for (id, sum) in &accepted {
         loop {
-            let r = http.get(format!("{base}/api/v1/files/{id}")).send().await.unwrap();
+            let r = http
+                .get(format!("{base}/api/v1/files/{id}"))
+                .send()
+                .await
+                .unwrap();
             let file: Value = r.json().await.unwrap_or(Value::Null);
             if file["status"] == "succeeded" {
                 assert_eq!(file["sum"], sum.as_str());
                 break;
             }
             assert_ne!(file["status"], "failed", "{file}");
-            assert!(started.elapsed() < Duration::from_secs(90), "{id} not done: {file}");
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{id} not done: {file}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     // Refused uploads left no bytes behind.
-    let objects = std::fs::read_dir(storage.path().join("files")).unwrap().count();
+    let objects = std::fs::read_dir(storage.path().join("files"))
+        .unwrap()
+        .count();
     assert_eq!(objects, accepted.len());
 }

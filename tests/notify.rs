@@ -50,7 +50,10 @@ fn start_smtp(port: u16) -> Smtp {
         .expect("python3 -m aiosmtpd (make test installs it)");
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "SMTP server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "SMTP server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Smtp { child, dir, port }
@@ -70,7 +73,10 @@ impl Smtp {
             if found.len() >= n {
                 return found;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "no mail arrived");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no mail arrived"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -117,7 +123,10 @@ fn smtp_vars(port: u16) -> impl FnOnce(&mut std::collections::HashMap<String, St
         vars.insert("MAIL_FROM".into(), "Tally <tally@example.com>".into());
         vars.insert("MAIL_TO".into(), "ana@example.com, bo@example.com".into());
         vars.insert("NOTIFY_TIMEZONE".into(), "America/New_York".into());
-        vars.insert("TALLY_PUBLIC_URL".into(), "https://tally.example.com".into());
+        vars.insert(
+            "TALLY_PUBLIC_URL".into(),
+            "https://tally.example.com".into(),
+        );
     }
 }
 
@@ -126,14 +135,26 @@ async fn upload_and_finish(app: &common::TestApp, name: &str, csv: Vec<u8>) -> V
     app.wait_done(file["id"].as_str().unwrap()).await
 }
 
-async fn wait_notifications(app: &common::TestApp, id: &str, done: impl Fn(&[Value]) -> bool) -> Value {
+async fn wait_notifications(
+    app: &common::TestApp,
+    id: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
         let (_, file) = app.get_json(&format!("/api/v1/files/{id}")).await;
-        if done(file["notifications"].as_array().map(Vec::as_slice).unwrap_or(&[])) {
+        if done(
+            file["notifications"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        ) {
             return file;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "notifications: {file}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "notifications: {file}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -156,8 +177,14 @@ async fn email_arrives_with_the_exact_message_line(db: PgPool) {
     let mail = Mail::read(&mails[0]);
     assert_eq!(mail.header("from"), "Tally <tally@example.com>");
     let to = mail.header("to");
-    assert!(to.contains("ana@example.com") && to.contains("bo@example.com"), "{to}");
-    assert_eq!(mail.header("subject"), "Tally: invoices-2026-11.csv processed");
+    assert!(
+        to.contains("ana@example.com") && to.contains("bo@example.com"),
+        "{to}"
+    );
+    assert_eq!(
+        mail.header("subject"),
+        "Tally: invoices-2026-11.csv processed"
+    );
 
     let finished: DateTime<Utc> = done["finished_at"].as_str().unwrap().parse().unwrap();
     let local = finished.with_timezone(&chrono_tz::America::New_York);
@@ -184,7 +211,10 @@ async fn smtp_down_then_up_delivers_exactly_once(db: PgPool) {
     let app = common::spawn_with(db, true, smtp_vars(port)).await;
     let (csv, _) = common::simple_csv(10);
     let done = upload_and_finish(&app, "late.csv", csv).await;
-    assert_eq!(done["status"], "succeeded", "the file succeeds whatever the mail does");
+    assert_eq!(
+        done["status"], "succeeded",
+        "the file succeeds whatever the mail does"
+    );
     let id = done["id"].as_str().unwrap();
     let file = wait_notifications(&app, id, |n| {
         n.first()
@@ -210,7 +240,10 @@ async fn failed_file_notifies_its_error(db: PgPool) {
     let mail = Mail::read(&mails[0]);
     assert_eq!(mail.header("subject"), "Tally: bad.csv failed");
     let first = mail.body.lines().next().unwrap().to_string();
-    assert!(first.contains(" - processing of bad.csv failed: "), "{first}");
+    assert!(
+        first.contains(" - processing of bad.csv failed: "),
+        "{first}"
+    );
     assert!(first.contains("amount EUR"), "{first}");
     app.stop().await;
 }
@@ -237,10 +270,15 @@ async fn log_channel_is_used_when_none_is_configured(db: PgPool) {
     app.stop().await;
 }
 
-async fn http_channels(server: &MockServer) -> impl FnOnce(&mut std::collections::HashMap<String, String>) {
+async fn http_channels(
+    server: &MockServer,
+) -> impl FnOnce(&mut std::collections::HashMap<String, String>) {
     let base = server.uri();
     move |vars| {
-        vars.insert("SLACK_WEBHOOK_URL".into(), format!("{base}/slack/T000/B000/XXX"));
+        vars.insert(
+            "SLACK_WEBHOOK_URL".into(),
+            format!("{base}/slack/T000/B000/XXX"),
+        );
         vars.insert("SMS_BASE_URL".into(), base.clone());
         vars.insert("SMS_ACCOUNT_SID".into(), "AC0123".into());
         vars.insert("SMS_AUTH_TOKEN".into(), "token-1".into());
@@ -275,9 +313,15 @@ async fn slack_sms_and_webhook_requests_are_well_formed(db: PgPool) {
     assert_eq!(requests.len(), 3);
     let line_end = format!(" - 20 entries processed, sum: {sum}");
 
-    let slack = requests.iter().find(|r| r.url.path().starts_with("/slack")).unwrap();
+    let slack = requests
+        .iter()
+        .find(|r| r.url.path().starts_with("/slack"))
+        .unwrap();
     let body: Value = serde_json::from_slice(&slack.body).unwrap();
-    assert!(body["text"].as_str().unwrap().ends_with(&line_end), "{body}");
+    assert!(
+        body["text"].as_str().unwrap().ends_with(&line_end),
+        "{body}"
+    );
 
     let sms = requests
         .iter()
@@ -286,15 +330,25 @@ async fn slack_sms_and_webhook_requests_are_well_formed(db: PgPool) {
     let auth = sms.headers.get("authorization").unwrap().to_str().unwrap();
     use base64_check::encode;
     assert_eq!(auth, format!("Basic {}", encode("AC0123:token-1")));
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&sms.body).into_owned().collect();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&sms.body)
+        .into_owned()
+        .collect();
     assert!(form.contains(&("From".into(), "+15550001".into())));
     assert!(form.contains(&("To".into(), "+15550002".into())));
     let text = &form.iter().find(|(k, _)| k == "Body").unwrap().1;
     assert!(text.ends_with(&line_end));
 
     let hook = requests.iter().find(|r| r.url.path() == "/hook").unwrap();
-    let signature = hook.headers.get("x-tally-signature").unwrap().to_str().unwrap();
-    assert_eq!(signature, tally::notify::channels::sign("s3cret", &hook.body));
+    let signature = hook
+        .headers
+        .get("x-tally-signature")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        signature,
+        tally::notify::channels::sign("s3cret", &hook.body)
+    );
     let payload: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(payload["event"], "file.succeeded");
     assert_eq!(payload["file"]["id"], id);
@@ -372,7 +426,10 @@ async fn client_error_fails_without_retry_and_can_be_requeued(db: PgPool) {
     .await;
     let done = upload_and_finish(&app, "a.csv", common::simple_csv(3).0).await;
     let id = done["id"].as_str().unwrap();
-    let file = wait_notifications(&app, id, |n| n.first().is_some_and(|x| x["status"] == "failed")).await;
+    let file = wait_notifications(&app, id, |n| {
+        n.first().is_some_and(|x| x["status"] == "failed")
+    })
+    .await;
     let note = &file["notifications"][0];
     assert_eq!(note["attempts"], 1, "a 400 is not retried");
     assert!(note["last_error"].as_str().unwrap().contains("400"));
@@ -434,10 +491,12 @@ async fn two_dispatchers_never_send_the_same_row(db: PgPool) {
     tokio::join!(run(a), run(b));
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 40, "each row sent once");
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'sent' AND attempts = 1")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notifications WHERE status = 'sent' AND attempts = 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
     assert_eq!(sent, 40);
     app.stop().await;
 }

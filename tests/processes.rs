@@ -12,6 +12,15 @@ use sqlx::PgPool;
 
 struct Proc(Child);
 
+/// id, status, attempts, entries, sum
+type FileResult = (
+    uuid::Uuid,
+    String,
+    i32,
+    Option<i64>,
+    Option<rust_decimal::Decimal>,
+);
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -40,7 +49,12 @@ async fn start_worker(db: &PgPool, app: &common::TestApp, extra: &[(&str, &str)]
 /// Uploads `files` CSVs of the given row counts, runs `processes` worker processes,
 /// and checks every file succeeded exactly once, with one delivered notification
 /// per file and channel.
-async fn many_workers_finish_every_file_once(db: PgPool, processes: usize, files: u64, rows: &[u64]) {
+async fn many_workers_finish_every_file_once(
+    db: PgPool,
+    processes: usize,
+    files: u64,
+    rows: &[u64],
+) {
     let hooks = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .respond_with(wiremock::ResponseTemplate::new(200))
@@ -51,7 +65,12 @@ async fn many_workers_finish_every_file_once(db: PgPool, processes: usize, files
     for i in 0..files {
         let n = rows[i as usize % rows.len()];
         let (csv, sum) = common::simple_csv(n);
-        let file: Value = app.upload_raw(&format!("f{i}.csv"), csv).await.json().await.unwrap();
+        let file: Value = app
+            .upload_raw(&format!("f{i}.csv"), csv)
+            .await
+            .json()
+            .await
+            .unwrap();
         expected.insert(file["id"].as_str().unwrap().to_string(), (n, sum));
     }
     let slack = format!("{}/slack", hooks.uri());
@@ -77,10 +96,13 @@ async fn many_workers_finish_every_file_once(db: PgPool, processes: usize, files
         if open == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(180), "{open} files or notifications open");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{open} files or notifications open"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rows: Vec<(uuid::Uuid, String, i32, Option<i64>, Option<rust_decimal::Decimal>)> =
+    let rows: Vec<FileResult> =
         sqlx::query_as("SELECT id, status, attempts, entries, sum FROM files")
             .fetch_all(&db)
             .await
@@ -100,9 +122,16 @@ async fn many_workers_finish_every_file_once(db: PgPool, processes: usize, files
     .await
     .unwrap();
     let n = files as i64;
-    assert_eq!(per_channel, vec![("slack".into(), n, n), ("webhook".into(), n, n)]);
+    assert_eq!(
+        per_channel,
+        vec![("slack".into(), n, n), ("webhook".into(), n, n)]
+    );
     let received = hooks.received_requests().await.unwrap();
-    assert_eq!(received.len() as u64, 2 * files, "one delivery per file and channel");
+    assert_eq!(
+        received.len() as u64,
+        2 * files,
+        "one delivery per file and channel"
+    );
     drop(workers);
     app.stop().await;
 }
@@ -127,12 +156,17 @@ async fn killed_worker_file_is_finished_by_another(db: PgPool) {
 
     let lease = [("WORKER_LEASE_SECONDS", "2"), ("WORKER_CONCURRENCY", "1")];
     let mut first = start_worker(&db, &app, &lease).await;
-    app.wait_for(&id, Duration::from_secs(60), |f| f["status"] == "processing")
-        .await;
+    app.wait_for(&id, Duration::from_secs(60), |f| {
+        f["status"] == "processing"
+    })
+    .await;
     first.0.kill().expect("kill -9 the worker");
     first.0.wait().unwrap();
     let after_kill = app.get_json(&format!("/api/v1/files/{id}")).await.1;
-    assert_eq!(after_kill["status"], "processing", "killed mid-file: {after_kill}");
+    assert_eq!(
+        after_kill["status"], "processing",
+        "killed mid-file: {after_kill}"
+    );
 
     let _second = start_worker(&db, &app, &lease).await;
     let done = app
@@ -160,16 +194,25 @@ async fn sigterm_releases_the_file_and_exits_cleanly(db: PgPool) {
         &[("SHUTDOWN_GRACE_SECONDS", "0"), ("WORKER_CONCURRENCY", "1")],
     )
     .await;
-    app.wait_for(&id, Duration::from_secs(60), |f| f["status"] == "processing")
-        .await;
+    app.wait_for(&id, Duration::from_secs(60), |f| {
+        f["status"] == "processing"
+    })
+    .await;
     let pid = worker.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let started = Instant::now();
     let status = loop {
         if let Some(status) = worker.0.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "worker did not exit");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "worker did not exit"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit: {status:?}");

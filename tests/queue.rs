@@ -72,7 +72,12 @@ async fn worker_with_file(
     .unwrap();
     let mut worker_config = config.worker.clone();
     adjust(&mut worker_config);
-    let worker = Worker::new(db.clone(), storage, worker_config, Arc::new(Outbox::default()));
+    let worker = Worker::new(
+        db.clone(),
+        storage,
+        worker_config,
+        Arc::new(Outbox::default()),
+    );
     (worker, id, dir)
 }
 
@@ -125,8 +130,14 @@ async fn oldest_file_is_claimed_first(db: PgPool) {
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
 async fn live_lease_is_not_reclaimed(db: PgPool) {
     insert_file(&db, "a").await;
-    assert!(repo::claim_next(&db, "w1", LEASE, 5).await.unwrap().is_some());
-    assert!(repo::claim_next(&db, "w2", LEASE, 5).await.unwrap().is_none());
+    assert!(repo::claim_next(&db, "w1", LEASE, 5)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(repo::claim_next(&db, "w2", LEASE, 5)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
@@ -138,7 +149,10 @@ async fn expired_lease_is_reclaimed(db: PgPool) {
         .unwrap();
     assert_eq!(first.id, id);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = repo::claim_next(&db, "w2", LEASE, 5).await.unwrap().unwrap();
+    let second = repo::claim_next(&db, "w2", LEASE, 5)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.id, id);
     assert_eq!(second.attempts, 2);
 }
@@ -152,11 +166,16 @@ async fn heartbeat_keeps_the_lease(db: PgPool) {
         .unwrap();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(repo::heartbeat(&db, id, claim.attempts, Duration::from_millis(400), 7)
-            .await
-            .unwrap());
+        assert!(
+            repo::heartbeat(&db, id, claim.attempts, Duration::from_millis(400), 7)
+                .await
+                .unwrap()
+        );
     }
-    assert!(repo::claim_next(&db, "w2", LEASE, 5).await.unwrap().is_none());
+    assert!(repo::claim_next(&db, "w2", LEASE, 5)
+        .await
+        .unwrap()
+        .is_none());
     let progress: i64 = sqlx::query_scalar("SELECT progress_bytes FROM files WHERE id = $1")
         .bind(id)
         .fetch_one(&db)
@@ -173,7 +192,10 @@ async fn stale_worker_cannot_complete(db: PgPool) {
         .unwrap()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fresh = repo::claim_next(&db, "w2", LEASE, 5).await.unwrap().unwrap();
+    let fresh = repo::claim_next(&db, "w2", LEASE, 5)
+        .await
+        .unwrap()
+        .unwrap();
     let summary = tally::engine::Summary {
         entries: 1,
         sum: "1.00".parse().unwrap(),
@@ -182,7 +204,9 @@ async fn stale_worker_cannot_complete(db: PgPool) {
     let outbox = Outbox::default();
     assert!(!outbox.complete(&db, &stale, &summary).await.unwrap());
     assert!(!outbox.fail(&db, &stale, "late").await.unwrap());
-    assert!(!repo::heartbeat(&db, id, stale.attempts, LEASE, 0).await.unwrap());
+    assert!(!repo::heartbeat(&db, id, stale.attempts, LEASE, 0)
+        .await
+        .unwrap());
     let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
         .fetch_one(&db)
         .await
@@ -203,14 +227,17 @@ async fn completed_file_notifies_once_per_channel(db: PgPool) {
     };
     let outbox = Outbox::default();
     assert!(outbox.complete(&db, &claim, &summary).await.unwrap());
-    let notes: Vec<(String, String)> =
-        sqlx::query_as("SELECT channel, message FROM notifications")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let notes: Vec<(String, String)> = sqlx::query_as("SELECT channel, message FROM notifications")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].0, "log");
-    assert!(notes[0].1.ends_with(" - 3 entries processed, sum: 4.50"), "{}", notes[0].1);
+    assert!(
+        notes[0].1.ends_with(" - 3 entries processed, sum: 4.50"),
+        "{}",
+        notes[0].1
+    );
 }
 
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
@@ -249,8 +276,14 @@ async fn data_error_fails_the_file_without_retry(db: PgPool) {
     let (status, attempts, error) = status_of(&db, id).await;
     assert_eq!((status.as_str(), attempts), ("failed", 1));
     let error = error.unwrap();
-    assert!(error.contains("line 2") && error.contains("12.3.4"), "{error}");
-    assert!(repo::claim_next(&db, "w", LEASE, 5).await.unwrap().is_none());
+    assert!(
+        error.contains("line 2") && error.contains("12.3.4"),
+        "{error}"
+    );
+    assert!(repo::claim_next(&db, "w", LEASE, 5)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
@@ -275,7 +308,10 @@ async fn poison_file_fails_after_max_attempts(db: PgPool) {
         assert!(claim.is_some());
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    assert!(repo::claim_next(&db, "w", LEASE, 3).await.unwrap().is_none());
+    assert!(repo::claim_next(&db, "w", LEASE, 3)
+        .await
+        .unwrap()
+        .is_none());
     let reaped = Outbox::default().reap_abandoned(&db, 3).await.unwrap();
     assert_eq!(reaped, vec![id]);
     let (status, attempts, error) = status_of(&db, id).await;
@@ -297,7 +333,11 @@ async fn shutdown_releases_the_file_after_the_grace_period(db: PgPool) {
     let outcome = worker.process(claim, "w", &shutdown).await;
     assert_eq!(outcome, Outcome::Released);
     let (status, attempts, _) = status_of(&db, id).await;
-    assert_eq!((status.as_str(), attempts), ("pending", 0), "released, not counted");
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 0),
+        "released, not counted"
+    );
     let locked: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT locked_until FROM files WHERE id = $1")
             .bind(id)
@@ -311,11 +351,20 @@ async fn shutdown_releases_the_file_after_the_grace_period(db: PgPool) {
 async fn transient_errors_back_off_then_give_up(db: PgPool) {
     let id = insert_file(&db, "a").await;
     let claim = repo::claim_next(&db, "w", LEASE, 2).await.unwrap().unwrap();
-    assert!(repo::retry_later(&db, id, claim.attempts, Duration::from_secs(60), "storage down")
-        .await
-        .unwrap());
+    assert!(repo::retry_later(
+        &db,
+        id,
+        claim.attempts,
+        Duration::from_secs(60),
+        "storage down"
+    )
+    .await
+    .unwrap());
     // Not due yet.
-    assert!(repo::claim_next(&db, "w", LEASE, 2).await.unwrap().is_none());
+    assert!(repo::claim_next(&db, "w", LEASE, 2)
+        .await
+        .unwrap()
+        .is_none());
     let (status, _, error) = status_of(&db, id).await;
     assert_eq!(status, "pending");
     assert_eq!(error.as_deref(), Some("storage down"));

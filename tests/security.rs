@@ -83,7 +83,10 @@ async fn api_keys_guard_every_v1_route_and_nothing_else(db: PgPool) {
         assert_eq!(r.status().as_u16(), 200, "{open} stays open");
     }
     let (_, spec) = app.get_json("/openapi.json").await;
-    assert_eq!(spec["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+    assert_eq!(
+        spec["components"]["securitySchemes"]["api_key"]["scheme"],
+        "bearer"
+    );
     assert!(spec["paths"]["/api/v1/files"]["post"]["security"].is_array());
     app.stop().await;
 }
@@ -96,7 +99,10 @@ async fn html_responses_carry_security_headers(db: PgPool) {
     let h = r.headers();
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["x-frame-options"], "DENY");
-    assert!(h["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
     assert!(h.contains_key("x-request-id"));
     app.stop().await;
 }
@@ -112,7 +118,10 @@ async fn metrics_are_prometheus_text(db: PgPool) {
         .unwrap();
     app.wait_done(file["id"].as_str().unwrap()).await;
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = r.text().await.unwrap();
     for needle in [
         "tally_uploads_total ",
@@ -131,8 +140,15 @@ async fn metrics_are_prometheus_text(db: PgPool) {
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
 async fn binary_upload_fails_clearly_and_does_not_crash(db: PgPool) {
     let app = common::spawn(db).await;
-    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let file: Value = app.upload_raw("photo.jpg", bytes).await.json().await.unwrap();
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let file: Value = app
+        .upload_raw("photo.jpg", bytes)
+        .await
+        .json()
+        .await
+        .unwrap();
     let done = app.wait_done(file["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(!done["error"].as_str().unwrap().is_empty());
@@ -145,7 +161,8 @@ async fn binary_upload_fails_clearly_and_does_not_crash(db: PgPool) {
 async fn a_100_mb_line_fails_on_the_record_limit(db: PgPool) {
     let app = common::spawn(db).await;
     let chunk = vec![b'x'; 1024 * 1024];
-    let stream = futures::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream =
+        futures::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let r = app
         .http
         .post(app.url("/api/v1/files?filename=line.csv"))
@@ -160,7 +177,10 @@ async fn a_100_mb_line_fails_on_the_record_limit(db: PgPool) {
     let done = app.wait_done(file["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed");
     let error = done["error"].as_str().unwrap();
-    assert!(error.contains("line 1") && error.contains("longer than"), "{error}");
+    assert!(
+        error.contains("line 1") && error.contains("longer than"),
+        "{error}"
+    );
     still_serves(&app).await;
     app.stop().await;
 }
@@ -180,7 +200,11 @@ async fn truncated_multipart_body_is_rejected(db: PgPool) {
     assert_problem(r, 400, "interrupted").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(file_rows(&app.db).await, 0);
-    assert!(app.stored_objects().is_empty(), "{:?}", app.stored_objects());
+    assert!(
+        app.stored_objects().is_empty(),
+        "{:?}",
+        app.stored_objects()
+    );
     still_serves(&app).await;
     app.stop().await;
 }
@@ -222,11 +246,17 @@ async fn slow_request_headers_are_cut_off(db: PgPool) {
     })
     .await;
     let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the server must close a connection whose headers never end");
+    assert!(
+        read.is_ok(),
+        "the server must close a connection whose headers never end"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
     still_serves(&app).await;
     app.stop().await;

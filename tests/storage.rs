@@ -32,7 +32,11 @@ impl Drop for Moto {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_moto() -> Moto {
@@ -46,7 +50,10 @@ async fn start_moto() -> Moto {
     let moto = Moto { child, port };
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "moto did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "moto did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = reqwest::Client::new()
@@ -178,7 +185,10 @@ async fn round_trip(db: PgPool, s3: bool) {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&back)), hex::encode(Sha256::digest(&csv)));
+    assert_eq!(
+        hex::encode(Sha256::digest(&back)),
+        hex::encode(Sha256::digest(&csv))
+    );
     app.stop().await;
 }
 
@@ -209,13 +219,30 @@ async fn aborted_upload(db: PgPool, s3: bool) {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(file_rows(&app.db).await, 0);
     match &backend {
-        Backend::Local => assert!(app.stored_objects().is_empty(), "{:?}", app.stored_objects()),
+        Backend::Local => assert!(
+            app.stored_objects().is_empty(),
+            "{:?}",
+            app.stored_objects()
+        ),
         Backend::S3 { _moto, .. } => {
             let base = format!("http://127.0.0.1:{}/{BUCKET}", _moto.port);
-            let list = reqwest::get(format!("{base}?list-type=2")).await.unwrap().text().await.unwrap();
+            let list = reqwest::get(format!("{base}?list-type=2"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             assert!(!list.contains("<Key>"), "no object may be left: {list}");
-            let uploads = reqwest::get(format!("{base}?uploads")).await.unwrap().text().await.unwrap();
-            assert!(!uploads.contains("<UploadId>"), "the multipart upload is aborted: {uploads}");
+            let uploads = reqwest::get(format!("{base}?uploads"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                !uploads.contains("<UploadId>"),
+                "the multipart upload is aborted: {uploads}"
+            );
         }
     }
     app.stop().await;
@@ -254,7 +281,10 @@ async fn missing_object(db: PgPool, s3: bool) {
     });
     let done = app.wait_done(id).await;
     assert_eq!(done["status"], "failed");
-    assert!(done["error"].as_str().unwrap().contains("missing"), "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("missing"),
+        "{done}"
+    );
     shutdown.cancel();
     let _ = work.await;
     app.stop().await;
@@ -309,7 +339,10 @@ async fn s3_down_during_processing_is_retried_then_succeeds(db: PgPool) {
             f["status"] == "pending" && f["attempts"].as_i64() >= Some(1) && f["error"].is_string()
         })
         .await;
-    assert!(retrying["error"].as_str().unwrap().contains("storage"), "{retrying}");
+    assert!(
+        retrying["error"].as_str().unwrap().contains("storage"),
+        "{retrying}"
+    );
     backend.proxy().restore();
     let done = app.wait_done(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");

@@ -97,9 +97,9 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => {
-                Self::Unavailable(format!("the database is unavailable ({e}); try again shortly"))
-            }
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(format!(
+                "the database is unavailable ({e}); try again shortly"
+            )),
             e => Self::Internal(format!("database error: {e}")),
         }
     }
@@ -108,7 +108,9 @@ impl From<sqlx::Error> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::NotFound(key) => Self::NotFound(format!("stored object {key} is missing")),
+            StorageError::NotFound(key) => {
+                Self::NotFound(format!("stored object {key} is missing"))
+            }
             e => Self::Unavailable(format!("{e}; try again shortly")),
         }
     }

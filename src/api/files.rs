@@ -30,7 +30,11 @@ pub struct Path<T>(pub T);
 pub struct UploadParams {
     /// Name to record for a raw-body upload (multipart uploads carry their own).
     /// Display text only: no control characters, at most 255 characters.
-    #[param(example = "invoices-2026-11.csv", max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[param(
+        example = "invoices-2026-11.csv",
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub filename: Option<String>,
     /// Field delimiter: `,` `;` `tab` or `|`. Detected from the header when omitted.
     #[param(example = ";", value_type = Option<String>, pattern = r"^(,|;|\||tab|TAB|\t|\\t)$")]
@@ -98,8 +102,11 @@ pub async fn upload_file(
     Query(params): Query<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(params.delimiter.as_deref(), params.decimal_separator.as_deref())
-        .map_err(ApiError::BadRequest)?;
+    let options = ReadOptions::parse(
+        params.delimiter.as_deref(),
+        params.decimal_separator.as_deref(),
+    )
+    .map_err(ApiError::BadRequest)?;
     check_length(request.headers(), state.max_upload_bytes)?;
     if let Some(name) = &params.filename {
         upload::check_filename(name)?;
@@ -110,7 +117,12 @@ pub async fn upload_file(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
 
     let file = match mime.as_str() {
         "multipart/form-data" => {
@@ -244,7 +256,9 @@ pub async fn list_files(
     let after = match params.cursor.as_deref() {
         None => None,
         Some(raw) => Some(Cursor::decode(raw).ok_or_else(|| {
-            ApiError::BadRequest("cursor is not one this API gave out; start again without it".into())
+            ApiError::BadRequest(
+                "cursor is not one this API gave out; start again without it".into(),
+            )
         })?),
     };
     let rows = repo::list(&state.db, params.status, after, limit + 1).await?;
@@ -254,10 +268,13 @@ pub async fn list_files(
         .take(limit as usize)
         .map(FileView::from)
         .collect();
-    let next_cursor = more
-        .then(|| items.last())
-        .flatten()
-        .map(|f| Cursor { created_at: f.created_at, id: f.id }.encode());
+    let next_cursor = more.then(|| items.last()).flatten().map(|f| {
+        Cursor {
+            created_at: f.created_at,
+            id: f.id,
+        }
+        .encode()
+    });
     Ok(Json(FilePage { items, next_cursor }))
 }
 
@@ -315,7 +332,9 @@ pub async fn get_file(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<FileDetail>, ApiError> {
-    let file = repo::get(&state.db, id).await?.ok_or_else(|| not_found(id))?;
+    let file = repo::get(&state.db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let notifications = notify::repo::for_file(&state.db, id)
         .await?
         .into_iter()
@@ -350,13 +369,21 @@ pub async fn get_content(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let file = repo::get(&state.db, id).await?.ok_or_else(|| not_found(id))?;
+    let file = repo::get(&state.db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let stream = state.storage.stream(&file.object_key).await?;
     // The stored name is display text: keep it to safe characters in the header.
     let safe: String = file
         .filename
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok((
         [
@@ -397,7 +424,9 @@ pub async fn retry_file(
             "only a failed file can be retried".into(),
         )),
         Some(true) => {
-            let file = repo::get(&state.db, id).await?.ok_or_else(|| not_found(id))?;
+            let file = repo::get(&state.db, id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             Ok((StatusCode::ACCEPTED, Json(file.into())))
         }
     }
@@ -427,7 +456,12 @@ pub async fn retry_notifications(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<RetriedNotifications>), ApiError> {
-    repo::get(&state.db, id).await?.ok_or_else(|| not_found(id))?;
+    repo::get(&state.db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let requeued = notify::repo::retry_failed(&state.db, id).await?;
-    Ok((StatusCode::ACCEPTED, Json(RetriedNotifications { requeued })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetriedNotifications { requeued }),
+    ))
 }

@@ -11,12 +11,12 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -213,9 +213,5 @@ async fn readyz(State(state): State<AppState>) -> Response {
     ))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = crate::metrics::METRICS.render(&state.db).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -336,9 +336,8 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
     // tokio's File reads into its own buffer, which glibc puts 16 bytes past
     // a page start; a 16-byte first read keeps its later reads at that page
     // offset, avoiding the slow misaligned kernel copy described at `Buffer`.
-    let mut first = PROBE.min(block);
+    let mut want = PROBE.min(block);
     let header = loop {
-        let want = std::mem::replace(&mut first, block);
         let n = read_full(&mut reader, &mut head.spare(want, total)[..want]).await?;
         head.commit(n);
         total += n as u64;
@@ -350,6 +349,7 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
         if eof {
             return Err(EngineError::Empty);
         }
+        want = block.max(head.filled().len());
     };
     let mut core = Core::new(&header.layout, header.line, Acc::default(), true);
     let rest = &head.filled()[header.data_start..];
@@ -364,11 +364,12 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
     let mut cur = rest.to_vec();
     let (mut start, mut end) = (0, cur.len());
     let mut next = vec![0u8; GAP + PAGE + block];
+    let mut want = block;
     loop {
         // A file read from the start is at offset `total`.
         let read_at = page_matched(&next, GAP, total);
         let (read, scanned) = futures::join!(
-            read_full(&mut reader, &mut next[read_at..read_at + block]),
+            read_full(&mut reader, &mut next[read_at..read_at + want]),
             async { core.run(&cur[start..end], false, usize::MAX) }
         );
         let consumed = scanned.map_err(into_error)?;
@@ -376,6 +377,9 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
         total += n as u64;
         progress.store(total, Ordering::Relaxed);
         let carry = &cur[start + consumed..end];
+        let eof = n < want;
+        // Reading at least as much as is carried keeps long records linear.
+        want = block.max(carry.len());
         if carry.len() <= read_at {
             let new_start = read_at - carry.len();
             next[new_start..read_at].copy_from_slice(carry);
@@ -388,10 +392,10 @@ pub async fn summarize_with_block<R: AsyncRead + Unpin + Send>(
             (start, end) = (0, joined.len());
             cur = joined;
         }
-        if next.len() < GAP + PAGE + block {
-            next = vec![0u8; GAP + PAGE + block];
+        if next.len() < GAP + PAGE + want {
+            next = vec![0u8; GAP + PAGE + want];
         }
-        if n < block {
+        if eof {
             core.run(&cur[start..end], true, usize::MAX)
                 .map_err(into_error)?;
             return Ok(summary(&core, total));

@@ -133,8 +133,10 @@ fn scan_range<S: Source + ?Sized>(
         if how.cancel.load(Ordering::Relaxed) {
             return Ok(base);
         }
+        // Reading at least as much as is carried keeps long records linear.
+        let want = how.block.max(buf.filled().len());
         let n = src
-            .read_at(buf.spare(how.block, read_off), read_off)
+            .read_at(buf.spare(want, read_off), read_off)
             .map_err(EngineError::Io)?;
         buf.commit(n);
         read_off += n as u64;
@@ -167,7 +169,10 @@ fn record_start_near<S: Source + ?Sized>(
     let mut off = at.saturating_sub(1);
     let mut chunk = vec![0u8; 64 << 10];
     while off < limit {
-        let n = src.read_at(&mut chunk, off)?;
+        let want = chunk
+            .len()
+            .min(usize::try_from(limit - off).unwrap_or(usize::MAX));
+        let n = src.read_at(&mut chunk[..want], off)?;
         if n == 0 {
             break;
         }

@@ -160,7 +160,11 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at.timestamp_micros(), self.id.simple())
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        )
     }
 
     pub fn decode(raw: &str) -> Option<Self> {

@@ -166,7 +166,11 @@ impl Channels {
                     sms.account_sid
                 );
                 for to in &sms.to {
-                    let form = [("From", sms.from.as_str()), ("To", to), ("Body", &note.message)];
+                    let form = [
+                        ("From", sms.from.as_str()),
+                        ("To", to),
+                        ("Body", &note.message),
+                    ];
                     let response = self
                         .http
                         .post(&url)
@@ -206,7 +210,9 @@ impl Channels {
 
     async fn send_email(&self, note: &Due) -> Result<(), SendError> {
         let (Some(email), Some(smtp)) = (&self.config.email, &self.smtp) else {
-            return Err(SendError::Permanent("channel email is no longer configured".into()));
+            return Err(SendError::Permanent(
+                "channel email is no longer configured".into(),
+            ));
         };
         let mut builder = lettre::Message::builder()
             .from(email.from.clone())
@@ -240,7 +246,13 @@ async fn classify(response: Result<reqwest::Response, reqwest::Error>) -> Result
     if status.is_success() {
         return Ok(());
     }
-    let text: String = response.text().await.unwrap_or_default().chars().take(300).collect();
+    let text: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
     let error = format!("HTTP {status}: {text}");
     if status.as_u16() == 429 || status.is_server_error() {
         Err(SendError::Transient(error))

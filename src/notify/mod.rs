@@ -153,7 +153,11 @@ impl Outbox {
     }
 
     /// Fails files whose workers died on their last attempt, with their notifications.
-    pub async fn reap_abandoned(&self, db: &PgPool, max_attempts: i32) -> Result<Vec<Uuid>, sqlx::Error> {
+    pub async fn reap_abandoned(
+        &self,
+        db: &PgPool,
+        max_attempts: i32,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
         let mut tx = db.begin().await?;
         let ids = files::repo::fail_abandoned(&mut *tx, max_attempts).await?;
         for id in &ids {

@@ -58,11 +58,7 @@ pub async fn insert(
 
 /// Claims up to `limit` due notifications: pending and due, or stuck in `sending`
 /// past their lease (a dispatcher died between sending and marking).
-pub async fn claim_due(
-    db: &PgPool,
-    limit: i64,
-    lease: Duration,
-) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn claim_due(db: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as(
         "WITH due AS (
              SELECT id FROM notifications

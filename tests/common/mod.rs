@@ -130,7 +130,12 @@ impl TestApp {
         .await
     }
 
-    pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let started = Instant::now();
         loop {
             let (status, file) = self.get_json(&format!("/api/v1/files/{id}")).await;
@@ -138,7 +143,10 @@ impl TestApp {
             if done(&file) {
                 return file;
             }
-            assert!(started.elapsed() < limit, "file {id} not done in time: {file}");
+            assert!(
+                started.elapsed() < limit,
+                "file {id} not done in time: {file}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -166,7 +174,11 @@ impl TestApp {
     }
 }
 
-pub async fn assert_problem(response: reqwest::Response, status: u16, detail_contains: &str) -> Value {
+pub async fn assert_problem(
+    response: reqwest::Response,
+    status: u16,
+    detail_contains: &str,
+) -> Value {
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(
         response
@@ -227,7 +239,10 @@ pub fn simple_csv(rows: u64) -> (Vec<u8>, String) {
         s.push_str(&format!("{i},item {i},{}.{:02}\n", i / 100, i % 100));
         cents += i as i64;
     }
-    (s.into_bytes(), format!("{}.{:02}", cents / 100, cents % 100))
+    (
+        s.into_bytes(),
+        format!("{}.{:02}", cents / 100, cents % 100),
+    )
 }
 
 /// A per-test database URL, for child processes.
