@@ -23,7 +23,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
@@ -46,6 +46,37 @@ pub struct Config {
     pub header_timeout: Duration,
     /// An upload that sends nothing for this long is abandoned.
     pub upload_idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let aws: Vec<&str> = self
+            .storage_options
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        f.debug_struct("Config")
+            .field("database_url", &redact_password(&self.database_url))
+            .field("storage_url", &self.storage_url)
+            .field("storage_options", &aws)
+            .field("bind", &self.bind)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("worker", &self.worker)
+            .field("notify", &self.notify)
+            .field("api_keys", &self.api_keys)
+            .field("allow_open", &self.allow_open)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("hidden"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Whether the API asks for keys.
@@ -458,6 +489,41 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.access().unwrap(), Access::Keys);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let (_, hash) = crate::auth::new_key();
+        let c = Config::from_vars(&vars(&[
+            ("SMTP_URL", "smtps://mailer:pa55word@smtp.example.com:465"),
+            ("MAIL_FROM", "tally@example.com"),
+            ("MAIL_TO", "ops@example.com"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0/B0/sl4cktoken",
+            ),
+            ("SMS_ACCOUNT_SID", "AC1"),
+            ("SMS_AUTH_TOKEN", "smst0ken"),
+            ("SMS_FROM", "+1"),
+            ("SMS_TO", "+2"),
+            ("WEBHOOK_URL", "https://example.com/hook?sig=urlt0ken"),
+            ("WEBHOOK_SECRET", "h00ksecret"),
+            ("TALLY_API_KEY_HASHES", &hash),
+            ("AWS_SECRET_ACCESS_KEY", "aw5secret"),
+        ]))
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in [
+            "pa55word",
+            "sl4cktoken",
+            "smst0ken",
+            "urlt0ken",
+            "h00ksecret",
+            &hash,
+            "aw5secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
     }
 
     #[test]

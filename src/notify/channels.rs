@@ -45,7 +45,7 @@ impl ChannelKind {
 /// The header that carries a webhook body's signature: `sha256=<hex HMAC-SHA256>`.
 pub const SIGNATURE_HEADER: &str = "X-Tally-Signature";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EmailConfig {
     /// `smtp://host:port`, `smtps://user:pass@host:465`, `smtp://host:587?tls=required`.
     pub smtp_url: String,
@@ -53,7 +53,7 @@ pub struct EmailConfig {
     pub to: Vec<Mailbox>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SmsConfig {
     pub base_url: String,
     pub account_sid: String,
@@ -62,19 +62,66 @@ pub struct SmsConfig {
     pub to: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebhookConfig {
     pub url: String,
     pub secret: String,
 }
 
+// Secrets (SMTP password, tokens, signing keys, webhook URLs that embed tokens)
+// never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &"<hidden>")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SmsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsConfig")
+            .field("base_url", &self.base_url)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &"<hidden>")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &"<hidden>")
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
 /// The channels configured for this deployment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ChannelsConfig {
     pub email: Option<EmailConfig>,
     pub slack_webhook_url: Option<String>,
     pub sms: Option<SmsConfig>,
     pub webhook: Option<WebhookConfig>,
+}
+
+impl std::fmt::Debug for ChannelsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelsConfig")
+            .field("email", &self.email)
+            .field(
+                "slack_webhook_url",
+                &self.slack_webhook_url.as_ref().map(|_| "<hidden>"),
+            )
+            .field("sms", &self.sms)
+            .field("webhook", &self.webhook)
+            .finish()
+    }
 }
 
 impl ChannelsConfig {
@@ -241,7 +288,9 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 /// 2xx is delivered; 429, 5xx and network errors are worth retrying; other 4xx are not.
 async fn classify(response: Result<reqwest::Response, reqwest::Error>) -> Result<(), SendError> {
-    let response = response.map_err(|e| SendError::Transient(format!("HTTP: {e}")))?;
+    // Without the URL: webhook URLs carry tokens, and errors end up in logs and records.
+    let response =
+        response.map_err(|e| SendError::Transient(format!("HTTP: {}", e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
