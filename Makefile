@@ -31,8 +31,7 @@ services:
 
 test: services
 	@scripts/local-postgres.sh "$(TEST_DATABASE_URL)" >/dev/null
-	DATABASE_URL="$(TEST_DATABASE_URL)" cargo test --all-targets -- --test-threads 4
-	DATABASE_URL="$(TEST_DATABASE_URL)" cargo test --doc
+	DATABASE_URL="$(TEST_DATABASE_URL)" cargo test --lib --bins --tests -- --test-threads 4
 	TEST_DATABASE_URL="$(TEST_DATABASE_URL)" scripts/schemathesis.sh
 
 openapi:

@@ -49,7 +49,7 @@ fn main() {
         let d = best_of(5, || {
             check(engine::summarize_path(&path, dialect, threads).expect("sum"));
         });
-        report(&format!("summarize_path, {threads} threads"), bytes, d);
+        report(&format!("summarize_path, threads={threads}"), bytes, d);
     }
     let d = best_of(5, || {
         rt.block_on(async {

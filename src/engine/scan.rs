@@ -109,21 +109,15 @@ impl<'a> Core<'a> {
                 let d = delims & below;
                 if d != 0 {
                     let n = d.count_ones() as usize;
-                    if field <= amount_col && amount_col < field + n {
-                        // The amount field ends at delimiter k of `d`.
-                        let k = amount_col - field;
-                        let mut x = d;
+                    // The amount field ends at delimiter k of `d`.
+                    let k = amount_col.wrapping_sub(field);
+                    if k < n {
                         let start = if k == 0 {
                             field_start
                         } else {
-                            for _ in 1..k {
-                                x &= x - 1;
-                            }
-                            let after = pos + x.trailing_zeros() as usize + 1;
-                            x &= x - 1;
-                            after
+                            pos + nth_bit(d, k - 1) as usize + 1
                         };
-                        amt = (start, pos + x.trailing_zeros() as usize, amt_quoted);
+                        amt = (start, pos + nth_bit(d, k) as usize, amt_quoted);
                     }
                     field += n;
                     field_start = pos + 64 - d.leading_zeros() as usize;
@@ -296,6 +290,15 @@ impl<'a> Core<'a> {
     }
 }
 
+/// Position of set bit `k` (0 = lowest) of `x`, which has more than `k`.
+#[inline(always)]
+fn nth_bit(mut x: u64, k: usize) -> u32 {
+    for _ in 0..k {
+        x &= x - 1;
+    }
+    x.trailing_zeros()
+}
+
 #[cold]
 #[inline(never)]
 fn too_long(layout: &Layout, line: u64) -> Stop {
@@ -462,6 +465,16 @@ impl Classify for Avx2 {
 #[cfg(test)]
 mod classify_tests {
     use super::*;
+
+    #[test]
+    fn nth_bit_finds_each_set_bit() {
+        for x in [1u64, 0b1011_0110, u64::MAX, 0x8000_0000_0000_0001, 0xF0F0_0000_1234_5678] {
+            let bits: Vec<u32> = (0..64).filter(|i| x >> i & 1 == 1).collect();
+            for (k, &b) in bits.iter().enumerate() {
+                assert_eq!(nth_bit(x, k), b, "x={x:#x} k={k}");
+            }
+        }
+    }
 
     /// Every byte value, for every delimiter, in every lane position.
     #[test]

@@ -640,3 +640,16 @@ fn huge_record_limit_is_accepted() {
     };
     assert_eq!(run("amount EUR\n1\n", d), ok(1, "1.00"));
 }
+
+#[test]
+fn quoted_newline_in_header_counts_lines() {
+    assert_eq!(
+        run("\"first\nname\",amount EUR\n1,x\n", dot()),
+        bad_amount_dot("x").map_err(|e| e.replace("line 2", "line 3"))
+    );
+}
+
+#[test]
+fn header_followed_by_blank_lines_only_is_zero_entries() {
+    assert_eq!(run("\u{feff}id;amount EUR\r\n\r\n\r\n", dot()), ok(0, "0.00"));
+}
