@@ -96,9 +96,11 @@ fn parse_cents(rest: &[u8], len: usize, sep: u8) -> Option<Amount> {
     if f1 > 9 || f2 > 9 {
         return None;
     }
-    let units = i128::from(int * 100 + u64::from(f1) * 10 + u64::from(f2));
+    // At most 10 digits: negate as i64, branch-free, then widen.
+    let cents = (int * 100 + u64::from(f1) * 10 + u64::from(f2)) as i64;
+    let sign = -i64::from(neg);
     Some(Amount {
-        units: if neg { -units } else { units },
+        units: i128::from((cents ^ sign) - sign),
         scale: 2,
     })
 }

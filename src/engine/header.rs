@@ -263,6 +263,16 @@ pub(crate) fn read_header(
         return Err(EngineError::Empty);
     }
     let max_record = dialect.max_record_bytes();
+    // Blank lines before the header count against the record limit, so
+    // that a stream of line breaks is not buffered without end.
+    let blank = body
+        .iter()
+        .take(max_record.saturating_add(1))
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if blank > max_record {
+        return Err(EngineError::LeadingBlankLines { limit: max_record });
+    }
     let mut cands = Vec::new();
     let mut first_start = None;
     for delim in candidates(dialect) {

@@ -122,6 +122,8 @@ pub enum EngineError {
     Empty,
     #[error("no header: the file contains only blank lines")]
     BlankOnly,
+    #[error("no header: the first {limit} bytes of the file are all blank lines")]
+    LeadingBlankLines { limit: usize },
     #[error("no \"amount EUR\" column; headers found: {found}")]
     MissingColumn { found: String },
     #[error(

@@ -95,7 +95,11 @@ fn text_field() -> impl Strategy<Value = Vec<u8>> {
         1 => prop::sample::select(b",;\t|\"\r\n".to_vec()),
         1 => prop::sample::select(vec![0xe9u8, 0xfc, 0xff, 0x00]),
     ];
-    prop::collection::vec(byte, 0..12)
+    // Mostly short fields; some long enough for records over 128 bytes.
+    prop_oneof![
+        4 => prop::collection::vec(byte.clone(), 0..12),
+        1 => prop::collection::vec(byte, 30..70),
+    ]
 }
 
 fn amount() -> impl Strategy<Value = Amt> {
@@ -131,7 +135,7 @@ fn case() -> impl Strategy<Value = Case> {
             prop::sample::select(vec!["\n", "\r\n", "\r", "\n\n", "\r\n\r\n"]),
         );
         (
-            prop::collection::vec(record, 0..25),
+            prop::collection::vec(record, 0..40),
             any::<bool>(),
             any::<bool>(),
         )

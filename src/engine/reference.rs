@@ -83,14 +83,21 @@ pub async fn summarize<R: AsyncRead + Unpin + Send>(
 ) -> Result<Summary, EngineError> {
     let mut input = Vec::new();
     reader.read_to_end(&mut input).await?;
+    if let Some(d @ (b'"' | b'\r' | b'\n')) = dialect.delimiter {
+        return Err(EngineError::InvalidDelimiter(d));
+    }
     let body = input.strip_prefix(UTF8_BOM).unwrap_or(&input);
     if body.is_empty() {
         return Err(EngineError::Empty);
     }
-    if let Some(d @ (b'"' | b'\r' | b'\n')) = dialect.delimiter {
-        return Err(EngineError::InvalidDelimiter(d));
-    }
     let max_record = dialect.max_record_bytes();
+    let blank = body
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if blank > max_record {
+        return Err(EngineError::LeadingBlankLines { limit: max_record });
+    }
 
     let mut candidates = Vec::new();
     let mut header_start = 0;

@@ -77,8 +77,96 @@ impl<'a> Core<'a> {
         self.run_with::<Avx2>(buf, eof, stop_at)
     }
 
+    /// Whole records through [`Core::record`] while they qualify; each
+    /// other record (quoted, longer than 127 bytes, or near the end of
+    /// `buf`) goes through the careful [`Core::records`].
     #[inline(always)]
     fn run_with<C: Classify>(
+        &mut self,
+        buf: &[u8],
+        eof: bool,
+        stop_at: usize,
+    ) -> Result<usize, Stop> {
+        let mut pos = 0;
+        loop {
+            while pos < stop_at {
+                match buf.get(pos..pos + 128).and_then(|w| w.first_chunk::<128>()) {
+                    Some(window) => match self.record::<C>(buf, pos, window)? {
+                        Some(next) => pos = next,
+                        None => break,
+                    },
+                    None => break,
+                }
+            }
+            if pos >= stop_at {
+                return Ok(pos);
+            }
+            if pos + 128 > buf.len() {
+                // The tail of the buffer.
+                return Ok(pos + self.records::<C>(&buf[pos..], eof, stop_at - pos)?);
+            }
+            match self.records::<C>(&buf[pos..], eof, 1)? {
+                0 => return Ok(pos), // incomplete; only when not at end of file
+                n => pos += n,
+            }
+        }
+    }
+
+    /// One unquoted record of at most 127 bytes starting at `pos`, read
+    /// from the masks of the 128 bytes there. Returns the next record's
+    /// start, or `None` if the record needs the careful path.
+    #[inline(always)]
+    fn record<C: Classify>(
+        &mut self,
+        buf: &[u8],
+        pos: usize,
+        window: &[u8; 128],
+    ) -> Result<Option<usize>, Stop> {
+        let (lo, hi) = window.split_at(64);
+        let (Ok(lo), Ok(hi)) = (<&[u8; 64]>::try_from(lo), <&[u8; 64]>::try_from(hi)) else {
+            return Ok(None);
+        };
+        let delim = self.layout.delimiter;
+        let (d0, o0) = C::masks(lo, delim);
+        let (d1, o1) = C::masks(hi, delim);
+        let others = u128::from(o0) | (u128::from(o1) << 64);
+        if others == 0 {
+            return Ok(None);
+        }
+        let len = others.trailing_zeros() as usize;
+        let end = pos + len;
+        let b = window[len];
+        if b == b'"' {
+            return Ok(None);
+        }
+        if len > 0 {
+            let delims = (u128::from(d0) | (u128::from(d1) << 64)) & ((1u128 << len) - 1);
+            let fields = delims.count_ones() as usize + 1;
+            // Only meaningful when `fields` is right, which `finish` checks first.
+            let mut amt = (pos, end, false);
+            if fields == self.layout.fields {
+                let mut x = delims;
+                // The amount column is the same on every row: this loop's
+                // length is perfectly predictable.
+                for _ in 0..self.layout.amount_col {
+                    amt.0 = pos + x.trailing_zeros() as usize + 1;
+                    x &= x - 1;
+                }
+                if x != 0 {
+                    amt.1 = pos + x.trailing_zeros() as usize;
+                }
+            }
+            self.finish(buf, pos, end, fields, amt, self.line)?;
+        }
+        if b == b'\n' {
+            self.line += 1;
+        }
+        Ok(Some(end + 1))
+    }
+
+    /// The careful path: any records, quoted or not, window by window.
+    #[inline(always)]
+    fn records<C: Classify>(
         &mut self,
         buf: &[u8],
         eof: bool,
@@ -468,7 +556,13 @@ mod classify_tests {
 
     #[test]
     fn nth_bit_finds_each_set_bit() {
-        for x in [1u64, 0b1011_0110, u64::MAX, 0x8000_0000_0000_0001, 0xF0F0_0000_1234_5678] {
+        for x in [
+            1u64,
+            0b1011_0110,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+            0xF0F0_0000_1234_5678,
+        ] {
             let bits: Vec<u32> = (0..64).filter(|i| x >> i & 1 == 1).collect();
             for (k, &b) in bits.iter().enumerate() {
                 assert_eq!(nth_bit(x, k), b, "x={x:#x} k={k}");

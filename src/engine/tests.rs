@@ -651,5 +651,36 @@ fn quoted_newline_in_header_counts_lines() {
 
 #[test]
 fn header_followed_by_blank_lines_only_is_zero_entries() {
-    assert_eq!(run("\u{feff}id;amount EUR\r\n\r\n\r\n", dot()), ok(0, "0.00"));
+    assert_eq!(
+        run("\u{feff}id;amount EUR\r\n\r\n\r\n", dot()),
+        ok(0, "0.00")
+    );
+}
+
+#[test]
+fn endless_blank_lines_fail_without_buffering_everything() {
+    let progress = AtomicU64::new(0);
+    let r = rt().block_on(summarize(tokio::io::repeat(b'\n'), dot(), &progress));
+    assert_eq!(
+        show(r),
+        err("no header: the first 1048576 bytes of the file are all blank lines")
+    );
+    assert!(progress.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20);
+}
+
+#[test]
+fn blank_lines_before_header_count_against_the_record_limit() {
+    let d = Dialect {
+        max_record_bytes: 12,
+        ..dot()
+    };
+    let blank = |n: usize| "\r\n".repeat(n);
+    assert_eq!(
+        run(&format!("{}amount EUR\n1\n", blank(6)), d),
+        ok(1, "1.00")
+    );
+    assert_eq!(
+        run(&format!("{}amount EUR\n1\n", blank(7)), d),
+        err("no header: the first 12 bytes of the file are all blank lines")
+    );
 }
