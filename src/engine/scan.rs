@@ -145,15 +145,12 @@ impl<'a> Core<'a> {
             // Only meaningful when `fields` is right, which `finish` checks first.
             let mut amt = (pos, end, false);
             if fields == self.layout.fields {
-                let mut x = delims;
-                // The amount column is the same on every row: this loop's
-                // length is perfectly predictable.
-                for _ in 0..self.layout.amount_col {
-                    amt.0 = pos + x.trailing_zeros() as usize + 1;
-                    x &= x - 1;
+                let (first, last) = amount_span(delims, self.layout.amount_col);
+                if let Some(d) = first {
+                    amt.0 = pos + d as usize + 1;
                 }
-                if x != 0 {
-                    amt.1 = pos + x.trailing_zeros() as usize;
+                if let Some(d) = last {
+                    amt.1 = pos + d as usize;
                 }
             }
             self.finish(buf, pos, end, fields, amt, self.line)?;
@@ -435,6 +432,22 @@ pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
 /// Classifies 64 bytes into (delimiters, quotes and line breaks) bitmasks.
 trait Classify {
     fn masks(chunk: &[u8; 64], delim: u8) -> (u64, u64);
+}
+
+/// Positions of the delimiters before and after field `k`, given a
+/// record's delimiter mask with at least `k` bits set: set bits `k - 1` and
+/// `k` of `delims`.
+#[inline(always)]
+fn amount_span(delims: u128, k: usize) -> (Option<u32>, Option<u32>) {
+    let mut x = delims;
+    let mut before = None;
+    // The amount column is the same on every row: this loop's length is
+    // perfectly predictable.
+    for _ in 0..k {
+        before = Some(x.trailing_zeros());
+        x &= x - 1;
+    }
+    (before, (x != 0).then(|| x.trailing_zeros()))
 }
 
 /// Bit i of the masks describes `buf[pos + i]`; bits past the end are 0.
