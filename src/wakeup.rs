@@ -1,7 +1,8 @@
 //! Wake-ups from Postgres: LISTEN on a channel and wake in-process waiters on each
-//! NOTIFY, reconnecting as needed. Waiters still poll, so a lost notification
-//! only delays work.
+//! NOTIFY, reconnecting as needed; and the loop that runs a unit of work on each
+//! wake-up. Waiters still poll, so a lost notification only delays work.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,55 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Runs `step` until `shutdown`: again at once when it did some work (`Ok(true)`), on
+/// the next wake-up or poll when it found none, after a growing pause when the
+/// database fails.
+pub async fn run_until<F, Fut>(
+    what: &str,
+    wake: &Notify,
+    poll: Duration,
+    shutdown: &CancellationToken,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, sqlx::Error>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        // Registered before the step, so a notification sent meanwhile is not missed.
+        notified.as_mut().enable();
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match step().await {
+            Ok(true) => {
+                backoff = FIRST_BACKOFF;
+                continue;
+            }
+            Ok(false) => backoff = FIRST_BACKOFF,
+            Err(e) => {
+                warn!(error = %e, "{what} failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
 
 pub async fn listen(
     db: PgPool,

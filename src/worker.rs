@@ -95,62 +95,43 @@ impl Worker {
 
     async fn claim_loop(&self, slot: usize, wake: Arc<Notify>, shutdown: CancellationToken) {
         let owner = format!("{}/{slot}", self.name);
-        let mut db_backoff = Duration::from_millis(200);
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            // Registered before the claim, so a notification sent meanwhile is not missed.
-            notified.as_mut().enable();
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match repo::claim_next(
-                &self.db,
-                &owner,
-                self.config.lease,
-                self.config.max_attempts,
-            )
-            .await
-            {
-                Ok(Some(claim)) => {
-                    db_backoff = Duration::from_millis(200);
-                    let span = info_span!("file", file_id = %claim.id, attempt = claim.attempts);
-                    self.process(claim, &owner, &shutdown)
-                        .instrument(span)
-                        .await;
-                    continue;
-                }
-                Ok(None) => {
-                    db_backoff = Duration::from_millis(200);
-                    match self
-                        .outbox
-                        .reap_abandoned(&self.db, self.config.max_attempts)
-                        .await
-                    {
-                        Ok(ids) => {
-                            for id in ids {
-                                warn!(file_id = %id, "file failed: its workers kept dying");
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "reaping abandoned files failed"),
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "claiming failed; backing off");
-                    tokio::select! {
-                        _ = tokio::time::sleep(db_backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = shutdown.cancelled() => return,
-            }
+        crate::wakeup::run_until(
+            "claiming",
+            &wake,
+            self.config.poll_interval,
+            &shutdown,
+            || self.claim_once(&owner, &shutdown),
+        )
+        .await;
+    }
+
+    /// Claims and processes one file; false when there was none to claim.
+    async fn claim_once(
+        &self,
+        owner: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, sqlx::Error> {
+        let claimed =
+            repo::claim_next(&self.db, owner, self.config.lease, self.config.max_attempts).await?;
+        if let Some(claim) = claimed {
+            let span = info_span!("file", file_id = %claim.id, attempt = claim.attempts);
+            self.process(claim, owner, shutdown).instrument(span).await;
+            return Ok(true);
         }
+        // Idle: fail files whose workers kept dying on their last attempt.
+        match self
+            .outbox
+            .reap_abandoned(&self.db, self.config.max_attempts)
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    warn!(file_id = %id, "file failed: its workers kept dying");
+                }
+            }
+            Err(e) => debug!(error = %e, "reaping abandoned files failed"),
+        }
+        Ok(false)
     }
 
     /// Processes one claimed file to an outcome and records it.

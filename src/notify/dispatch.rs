@@ -56,36 +56,14 @@ impl Dispatcher {
             wake.clone(),
             shutdown.clone(),
         ));
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if shutdown.is_cancelled() {
-                break;
-            }
-            match self.dispatch_due().await {
-                Ok(n) if n > 0 => {
-                    backoff = Duration::from_millis(200);
-                    continue;
-                }
-                Ok(_) => backoff = Duration::from_millis(200),
-                Err(e) => {
-                    warn!(error = %e, "claiming notifications failed; backing off");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        crate::wakeup::run_until(
+            "claiming notifications",
+            &wake,
+            self.config.poll_interval,
+            &shutdown,
+            || async { Ok(self.dispatch_due().await? > 0) },
+        )
+        .await;
         listener.abort();
     }
 
