@@ -198,22 +198,12 @@ async fn wrong_content_type_is_rejected(db: PgPool) {
 async fn bad_upload_parameters_are_rejected(db: PgPool) {
     let app = spawn(db).await;
     let response = app
-        .http
-        .post(app.url("/api/v1/files?decimal_separator=x"))
-        .header("Content-Type", "text/csv")
-        .body("amount EUR\n1\n")
-        .send()
-        .await
-        .unwrap();
+        .post_csv("/api/v1/files?decimal_separator=x", "amount EUR\n1\n")
+        .await;
     assert_problem(response, 400, "decimal_separator").await;
     let response = app
-        .http
-        .post(app.url("/api/v1/files?delimiter=%23"))
-        .header("Content-Type", "text/csv")
-        .body("amount EUR\n1\n")
-        .send()
-        .await
-        .unwrap();
+        .post_csv("/api/v1/files?delimiter=%23", "amount EUR\n1\n")
+        .await;
     assert_problem(response, 400, "delimiter").await;
     assert_no_files(&app).await;
     app.stop().await;
@@ -223,13 +213,11 @@ async fn bad_upload_parameters_are_rejected(db: PgPool) {
 async fn upload_options_are_stored_and_used(db: PgPool) {
     let app = spawn(db).await;
     let response = app
-        .http
-        .post(app.url("/api/v1/files?filename=eu.csv&delimiter=%3B&decimal_separator=%2C"))
-        .header("Content-Type", "text/csv")
-        .body("id;amount EUR\n1;1.234,50\n2;-0,25\n")
-        .send()
-        .await
-        .unwrap();
+        .post_csv(
+            "/api/v1/files?filename=eu.csv&delimiter=%3B&decimal_separator=%2C",
+            "id;amount EUR\n1;1.234,50\n2;-0,25\n",
+        )
+        .await;
     assert_eq!(response.status().as_u16(), 202);
     let file: Value = response.json().await.unwrap();
     assert_eq!(file["delimiter"], ";");
@@ -267,13 +255,8 @@ async fn oversized_upload_is_rejected_and_nothing_is_kept(db: PgPool) {
             .collect::<Vec<_>>(),
     );
     let response = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .header("Content-Type", "text/csv")
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
+        .post_csv("/api/v1/files", reqwest::Body::wrap_stream(stream))
+        .await;
     assert_problem(response, 413, "limit of 1000 bytes").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_no_files(&app).await;

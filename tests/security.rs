@@ -47,14 +47,7 @@ async fn api_keys_guard_every_v1_route_and_nothing_else(db: PgPool) {
             .unwrap();
         assert_problem(r, 401, "not valid").await;
     }
-    let r = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .header("Content-Type", "text/csv")
-        .body("amount EUR\n1\n")
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_csv("/api/v1/files", "amount EUR\n1\n").await;
     assert_problem(r, 401, "API key").await;
     assert_eq!(file_rows(&app.db).await, 0, "nothing stored without a key");
 
@@ -164,13 +157,11 @@ async fn a_100_mb_line_fails_on_the_record_limit(db: PgPool) {
     let stream =
         futures::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let r = app
-        .http
-        .post(app.url("/api/v1/files?filename=line.csv"))
-        .header("Content-Type", "text/csv")
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
+        .post_csv(
+            "/api/v1/files?filename=line.csv",
+            reqwest::Body::wrap_stream(stream),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 202);
     let file: Value = r.json().await.unwrap();
     assert_eq!(file["size_bytes"], 100 * 1024 * 1024);
@@ -225,13 +216,8 @@ async fn hostile_filenames_are_display_text_or_rejected(db: PgPool) {
 
     for bad in ["a%00b.csv", "a%0Ab.csv", &"x".repeat(10_000)] {
         let r = app
-            .http
-            .post(app.url(&format!("/api/v1/files?filename={bad}")))
-            .header("Content-Type", "text/csv")
-            .body("amount EUR\n1\n")
-            .send()
-            .await
-            .unwrap();
+            .post_csv(&format!("/api/v1/files?filename={bad}"), "amount EUR\n1\n")
+            .await;
         assert_problem(r, 400, "filename").await;
     }
     assert_eq!(file_rows(&app.db).await, 1);

@@ -107,10 +107,16 @@ impl TestApp {
     }
 
     pub async fn upload_raw(&self, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+        self.post_csv(&format!("/api/v1/files?filename={name}"), bytes)
+            .await
+    }
+
+    /// POSTs `body` as `text/csv` to `path` (with its query string).
+    pub async fn post_csv(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.http
-            .post(self.url(&format!("/api/v1/files?filename={name}")))
+            .post(self.url(path))
             .header("Content-Type", "text/csv")
-            .body(bytes)
+            .body(body)
             .send()
             .await
             .expect("request")
