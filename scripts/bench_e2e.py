@@ -2,7 +2,7 @@
 """End-to-end benchmark of Tally: real processes, real PostgreSQL, local folder or S3.
 
 For each (documents x rows) combination: time to accept all uploads (8 concurrent
-clients), time until all are `succeeded`, rows/s and MB/s end to end, upload latency
+uploads), time until all are `succeeded`, rows/s and MB/s end to end, upload latency
 p50/p99, and peak RSS of the API and worker processes. Also: time from upload to
 `succeeded` for a 1,000-row file and to its email reaching an SMTP server (medians of
 20), upload throughput of one 1 GB file, and 1 MB upload latency while a worker is busy
@@ -370,7 +370,7 @@ def main():
         "",
         f"Measured on {os.cpu_count()} cores ({cpu}), release build, PostgreSQL on loopback, "
         "one `tally serve --no-worker` and one `tally worker` (WORKER_CONCURRENCY=2), uploads by "
-        "8 concurrent curl clients. Files from `tally gen` (about 84 bytes a row). "
+        "one curl running 8 transfers in parallel. Files from `tally gen` (about 84 bytes a row). "
         "S3 is moto, an S3-compatible server written in Python on loopback: it shows that the "
         "S3 path works end to end, not what a real S3 achieves.",
         "",
