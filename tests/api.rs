@@ -108,7 +108,7 @@ fn urlencode(s: &str) -> String {
 async fn invalid_amount_fails_the_file_naming_line_and_value(db: PgPool) {
     let app = spawn(db).await;
     let csv = b"id,amount EUR\n1,1.00\n2,abc\n".to_vec();
-    let file: Value = app.upload_raw("bad.csv", csv).await.json().await.unwrap();
+    let file: Value = app.upload_ok("bad.csv", csv).await;
     let done = app.wait_done(file["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed");
     let error = done["error"].as_str().unwrap();
@@ -308,12 +308,7 @@ async fn assert_no_files(app: &common::TestApp) {
 async fn content_returns_the_uploaded_bytes(db: PgPool) {
     let app = spawn(db).await;
     let (csv, _) = common::simple_csv(3000);
-    let file: Value = app
-        .upload_raw("c.csv", csv.clone())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload_ok("c.csv", csv.clone()).await;
     let id = file["id"].as_str().unwrap();
     let response = app
         .http
@@ -361,12 +356,7 @@ async fn history_is_newest_first_with_cursor_pagination_and_status_filter(db: Pg
     let mut ids = Vec::new();
     for i in 0..7 {
         let csv = format!("amount EUR\n{i}\n").into_bytes();
-        let file: Value = app
-            .upload_raw(&format!("f{i}.csv"), csv)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let file: Value = app.upload_ok(&format!("f{i}.csv"), csv).await;
         ids.push(file["id"].as_str().unwrap().to_string());
     }
     ids.reverse();
@@ -428,12 +418,7 @@ async fn health_and_readiness(db: PgPool) {
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
 async fn retry_requeues_only_failed_files(db: PgPool) {
     let app = spawn(db).await;
-    let file: Value = app
-        .upload_raw("bad.csv", b"id,amount\n1,2\n".to_vec())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload_ok("bad.csv", b"id,amount\n1,2\n".to_vec()).await;
     let id = file["id"].as_str().unwrap();
     let done = app.wait_done(id).await;
     assert_eq!(done["status"], "failed");
@@ -448,12 +433,7 @@ async fn retry_requeues_only_failed_files(db: PgPool) {
     assert_eq!(again["status"], "failed");
     assert_eq!(again["attempts"], 1, "a retry starts a fresh count");
 
-    let good: Value = app
-        .upload_raw("good.csv", b"amount EUR\n1\n".to_vec())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let good: Value = app.upload_ok("good.csv", b"amount EUR\n1\n".to_vec()).await;
     let good_id = good["id"].as_str().unwrap();
     app.wait_done(good_id).await;
     let r = app

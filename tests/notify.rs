@@ -131,7 +131,7 @@ fn smtp_vars(port: u16) -> impl FnOnce(&mut std::collections::HashMap<String, St
 }
 
 async fn upload_and_finish(app: &common::TestApp, name: &str, csv: Vec<u8>) -> Value {
-    let file: Value = app.upload_raw(name, csv).await.json().await.unwrap();
+    let file: Value = app.upload_ok(name, csv).await;
     app.wait_done(file["id"].as_str().unwrap()).await
 }
 
@@ -466,21 +466,14 @@ async fn two_dispatchers_never_send_the_same_row(db: PgPool) {
     let outbox = app.app.config.notify.outbox.clone();
     for i in 0..40 {
         let file: Value = app
-            .upload_raw(&format!("{i}.csv"), b"amount EUR\n1\n".to_vec())
-            .await
-            .json()
-            .await
-            .unwrap();
+            .upload_ok(&format!("{i}.csv"), b"amount EUR\n1\n".to_vec())
+            .await;
         let claim = tally::files::repo::claim_next(&db, "w", Duration::from_secs(30), 5)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(claim.id.to_string(), file["id"].as_str().unwrap());
-        let summary = tally::engine::Summary {
-            entries: 1,
-            sum: "1.00".parse().unwrap(),
-            bytes: 1,
-        };
+        let summary = common::summary(1, "1.00");
         assert!(outbox.complete(&db, &claim, &summary).await.unwrap());
     }
     let a = app.app.dispatcher();
@@ -518,11 +511,7 @@ async fn dispatcher_crash_between_send_and_mark_sends_at_most_one_duplicate(db: 
         .await
         .unwrap()
         .unwrap();
-    let summary = tally::engine::Summary {
-        entries: 1,
-        sum: "1.00".parse().unwrap(),
-        bytes: 1,
-    };
+    let summary = common::summary(1, "1.00");
     assert!(app
         .app
         .config

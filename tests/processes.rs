@@ -65,12 +65,7 @@ async fn many_workers_finish_every_file_once(
     for i in 0..files {
         let n = rows[i as usize % rows.len()];
         let (csv, sum) = common::simple_csv(n);
-        let file: Value = app
-            .upload_raw(&format!("f{i}.csv"), csv)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let file: Value = app.upload_ok(&format!("f{i}.csv"), csv).await;
         expected.insert(file["id"].as_str().unwrap().to_string(), (n, sum));
     }
     let slack = format!("{}/slack", hooks.uri());
@@ -151,7 +146,7 @@ async fn killed_worker_file_is_finished_by_another(db: PgPool) {
     let app = common::spawn_with(db.clone(), false, |_| {}).await;
     let mut csv = Vec::new();
     let expected = tally::engine::gen::generate(&mut csv, 1_500_000, 42).unwrap();
-    let file: Value = app.upload_raw("big.csv", csv).await.json().await.unwrap();
+    let file: Value = app.upload_ok("big.csv", csv).await;
     let id = file["id"].as_str().unwrap().to_string();
 
     let lease = [("WORKER_LEASE_SECONDS", "2"), ("WORKER_CONCURRENCY", "1")];
@@ -186,7 +181,7 @@ async fn sigterm_releases_the_file_and_exits_cleanly(db: PgPool) {
     let app = common::spawn_with(db.clone(), false, |_| {}).await;
     let mut csv = Vec::new();
     tally::engine::gen::generate(&mut csv, 1_500_000, 9).unwrap();
-    let file: Value = app.upload_raw("big.csv", csv).await.json().await.unwrap();
+    let file: Value = app.upload_ok("big.csv", csv).await;
     let id = file["id"].as_str().unwrap().to_string();
     let mut worker = start_worker(
         &db,

@@ -196,11 +196,7 @@ async fn stale_worker_cannot_complete(db: PgPool) {
         .await
         .unwrap()
         .unwrap();
-    let summary = tally::engine::Summary {
-        entries: 1,
-        sum: "1.00".parse().unwrap(),
-        bytes: 1,
-    };
+    let summary = common::summary(1, "1.00");
     let outbox = Outbox::default();
     assert!(!outbox.complete(&db, &stale, &summary).await.unwrap());
     assert!(!outbox.fail(&db, &stale, "late").await.unwrap());
@@ -220,11 +216,7 @@ async fn stale_worker_cannot_complete(db: PgPool) {
 async fn completed_file_notifies_once_per_channel(db: PgPool) {
     insert_file(&db, "a").await;
     let claim = repo::claim_next(&db, "w", LEASE, 5).await.unwrap().unwrap();
-    let summary = tally::engine::Summary {
-        entries: 3,
-        sum: "4.50".parse().unwrap(),
-        bytes: 1,
-    };
+    let summary = common::summary(3, "4.50");
     let outbox = Outbox::default();
     assert!(outbox.complete(&db, &claim, &summary).await.unwrap());
     let notes: Vec<(String, String)> = sqlx::query_as("SELECT channel, message FROM notifications")

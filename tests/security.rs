@@ -103,12 +103,7 @@ async fn html_responses_carry_security_headers(db: PgPool) {
 #[sqlx::test(migrator = "tally::app::MIGRATOR")]
 async fn metrics_are_prometheus_text(db: PgPool) {
     let app = common::spawn(db).await;
-    let file: Value = app
-        .upload_raw("m.csv", b"amount EUR\n1\n".to_vec())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload_ok("m.csv", b"amount EUR\n1\n".to_vec()).await;
     app.wait_done(file["id"].as_str().unwrap()).await;
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert!(r.headers()["content-type"]
@@ -136,12 +131,7 @@ async fn binary_upload_fails_clearly_and_does_not_crash(db: PgPool) {
     let bytes: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let file: Value = app
-        .upload_raw("photo.jpg", bytes)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload_ok("photo.jpg", bytes).await;
     let done = app.wait_done(file["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(!done["error"].as_str().unwrap().is_empty());

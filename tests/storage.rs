@@ -261,12 +261,7 @@ async fn s3_aborted_upload_leaves_nothing(db: PgPool) {
 async fn missing_object(db: PgPool, s3: bool) {
     let backend = backend(s3).await;
     let app = common::spawn_with(db, false, backend.vars()).await;
-    let file: Value = app
-        .upload_raw("gone.csv", b"amount EUR\n1\n".to_vec())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload_ok("gone.csv", b"amount EUR\n1\n".to_vec()).await;
     let id = file["id"].as_str().unwrap();
     app.app
         .storage
@@ -321,11 +316,8 @@ async fn s3_down_during_processing_is_retried_then_succeeds(db: PgPool) {
     let backend = backend(true).await;
     let app = common::spawn_with(db, false, backend.vars()).await;
     let file: Value = app
-        .upload_raw("x.csv", b"amount EUR\n1.25\n2\n".to_vec())
-        .await
-        .json()
-        .await
-        .unwrap();
+        .upload_ok("x.csv", b"amount EUR\n1.25\n2\n".to_vec())
+        .await;
     let id = file["id"].as_str().unwrap().to_string();
     backend.proxy().cut();
     let shutdown = CancellationToken::new();

@@ -111,6 +111,13 @@ impl TestApp {
             .await
     }
 
+    /// Uploads a raw CSV that must be accepted; returns its record.
+    pub async fn upload_ok(&self, name: &str, bytes: Vec<u8>) -> Value {
+        let response = self.upload_raw(name, bytes).await;
+        assert_eq!(response.status().as_u16(), 202, "upload of {name}");
+        response.json().await.expect("file record")
+    }
+
     /// POSTs `body` as `text/csv` to `path` (with its query string).
     pub async fn post_csv(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.http
@@ -249,6 +256,15 @@ pub fn simple_csv(rows: u64) -> (Vec<u8>, String) {
         s.into_bytes(),
         format!("{}.{:02}", cents / 100, cents % 100),
     )
+}
+
+/// A result as the engine reports it, for tests that drive the queue by hand.
+pub fn summary(entries: u64, sum: &str) -> tally::engine::Summary {
+    tally::engine::Summary {
+        entries,
+        sum: sum.parse().expect("a decimal"),
+        bytes: 1,
+    }
 }
 
 /// A per-test database URL, for child processes.
