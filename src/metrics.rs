@@ -124,19 +124,18 @@ impl Metrics {
             "Bytes accepted by this process.",
             load(&self.upload_bytes),
         );
-        let _ = writeln!(w, "# HELP tally_files_processed_total Processing attempts finished by this process, by outcome.");
-        let _ = writeln!(w, "# TYPE tally_files_processed_total counter");
-        for (outcome, v) in [
-            ("succeeded", &self.processed_succeeded),
-            ("failed", &self.processed_failed),
-            ("retried", &self.processed_retried),
-        ] {
-            let _ = writeln!(
-                w,
-                "tally_files_processed_total{{outcome=\"{outcome}\"}} {}",
-                load(v)
-            );
-        }
+        labelled(
+            w,
+            "tally_files_processed_total",
+            "Processing attempts finished by this process, by outcome.",
+            "counter",
+            "outcome",
+            &[
+                ("succeeded", load(&self.processed_succeeded)),
+                ("failed", load(&self.processed_failed)),
+                ("retried", load(&self.processed_retried)),
+            ],
+        );
         let _ = writeln!(
             w,
             "# HELP tally_processing_seconds Time to process one file."
@@ -157,32 +156,26 @@ impl Metrics {
             load(&self.duration_micros) as f64 / 1e6
         );
         let _ = writeln!(w, "tally_processing_seconds_count {count}");
-        let _ = writeln!(
+        labelled(
             w,
-            "# HELP tally_notifications_total Delivery attempts by this process, by outcome."
+            "tally_notifications_total",
+            "Delivery attempts by this process, by outcome.",
+            "counter",
+            "outcome",
+            &[
+                ("sent", load(&self.notifications_sent)),
+                ("retried", load(&self.notifications_retried)),
+                ("failed", load(&self.notifications_failed)),
+            ],
         );
-        let _ = writeln!(w, "# TYPE tally_notifications_total counter");
-        for (outcome, v) in [
-            ("sent", &self.notifications_sent),
-            ("retried", &self.notifications_retried),
-            ("failed", &self.notifications_failed),
-        ] {
-            let _ = writeln!(
-                w,
-                "tally_notifications_total{{outcome=\"{outcome}\"}} {}",
-                load(v)
-            );
-        }
-
-        let _ = writeln!(w, "# HELP tally_files Files by status (whole deployment).");
-        let _ = writeln!(w, "# TYPE tally_files gauge");
-        for status in ["pending", "processing", "succeeded", "failed"] {
-            let n = by_status
-                .iter()
-                .find(|(s, _)| s == status)
-                .map_or(0, |(_, n)| *n);
-            let _ = writeln!(w, "tally_files{{status=\"{status}\"}} {n}");
-        }
+        labelled(
+            w,
+            "tally_files",
+            "Files by status (whole deployment).",
+            "gauge",
+            "status",
+            &["pending", "processing", "succeeded", "failed"].map(|s| (s, count_of(&by_status, s))),
+        );
         let depth: i64 = by_status
             .iter()
             .filter(|(s, _)| s == "pending" || s == "processing")
@@ -200,20 +193,37 @@ impl Metrics {
             "Age of the oldest pending file (0 when none).",
             oldest_pending.unwrap_or(0.0),
         );
-        let _ = writeln!(
+        labelled(
             w,
-            "# HELP tally_notifications Notifications by status (whole deployment)."
+            "tally_notifications",
+            "Notifications by status (whole deployment).",
+            "gauge",
+            "status",
+            &["pending", "sending", "sent", "failed"].map(|s| (s, count_of(&notes, s))),
         );
-        let _ = writeln!(w, "# TYPE tally_notifications gauge");
-        for status in ["pending", "sending", "sent", "failed"] {
-            let n = notes
-                .iter()
-                .find(|(s, _)| s == status)
-                .map_or(0, |(_, n)| *n);
-            let _ = writeln!(w, "tally_notifications{{status=\"{status}\"}} {n}");
-        }
         Ok(out)
     }
+}
+
+/// One metric family with a value per label value.
+fn labelled<V: std::fmt::Display>(
+    w: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    label: &str,
+    values: &[(&str, V)],
+) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value, v) in values {
+        let _ = writeln!(w, "{name}{{{label}=\"{value}\"}} {v}");
+    }
+}
+
+fn count_of(rows: &[(String, i64)], status: &str) -> i64 {
+    rows.iter()
+        .find(|(s, _)| s == status)
+        .map_or(0, |(_, n)| *n)
 }
 
 fn counter(w: &mut String, name: &str, help: &str, v: u64) {
